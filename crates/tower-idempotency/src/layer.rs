@@ -1,0 +1,321 @@
+//! [`IdempotencyLayer`]: the configuration builder.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode, request::Parts};
+use tower::Layer;
+
+use crate::{
+    Idempotency,
+    policy::store_success_and_redirects,
+    problem::{DEFAULT_TYPE_BASE, Problem},
+    store::IdempotencyStore,
+};
+
+/// Who a key belongs to: the bytes of a user id, tenant id or API-key id.
+///
+/// Keys are only ever compared within one scope, so two users who pick the same key get two
+/// records. Build one with `From` (strings, integers, bytes).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Scope(Box<[u8]>);
+
+impl Scope {
+    /// The scope's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Scopes identify users: keep them out of logs.
+        f.write_str("Scope(..)")
+    }
+}
+
+impl From<&str> for Scope {
+    fn from(s: &str) -> Self {
+        Self(s.as_bytes().into())
+    }
+}
+
+impl From<String> for Scope {
+    fn from(s: String) -> Self {
+        Self(s.into_bytes().into_boxed_slice())
+    }
+}
+
+impl From<&[u8]> for Scope {
+    fn from(b: &[u8]) -> Self {
+        Self(b.into())
+    }
+}
+
+impl From<Vec<u8>> for Scope {
+    fn from(b: Vec<u8>) -> Self {
+        Self(b.into_boxed_slice())
+    }
+}
+
+impl From<u64> for Scope {
+    fn from(n: u64) -> Self {
+        Self(n.to_be_bytes().into())
+    }
+}
+
+impl From<i64> for Scope {
+    fn from(n: i64) -> Self {
+        Self(n.to_be_bytes().into())
+    }
+}
+
+/// What a request with a key gets while the first request with that key is still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InFlightPolicy {
+    /// Answer 409 `key-in-use` at once, with this `Retry-After` (the default, 1 s).
+    Reject {
+        /// Sent as `Retry-After`, rounded up to whole seconds.
+        retry_after: Duration,
+    },
+    /// Wait up to `timeout` for the first request to finish and replay its response; answer
+    /// 409 if it is still running by then. Holds a connection per waiting retry.
+    Wait {
+        /// The longest a retry waits.
+        timeout: Duration,
+        /// Sent as `Retry-After` with the 409 answered after a fruitless wait.
+        retry_after: Duration,
+    },
+}
+
+/// What happens when the store cannot be reached (or is full).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFailurePolicy {
+    /// Answer 503 with this `Retry-After` and execute nothing (the default, 5 s).
+    FailClosed {
+        /// Sent as `Retry-After`.
+        retry_after: Duration,
+    },
+    /// Execute the request without deduplication. Availability over exactly-once: pick this
+    /// only if the handler has its own guard against duplicates.
+    FailOpen,
+}
+
+pub(crate) type ScopeFn = dyn Fn(&Parts) -> Option<Scope> + Send + Sync;
+pub(crate) type StatusPredicate = dyn Fn(StatusCode) -> bool + Send + Sync;
+pub(crate) type Responder = dyn Fn(&Problem) -> Response<Bytes> + Send + Sync;
+
+/// Everything the service needs, shared by all its clones.
+pub(crate) struct Config<St> {
+    pub(crate) store: Arc<St>,
+    pub(crate) scope: Option<Arc<ScopeFn>>,
+    pub(crate) allow_unscoped: bool,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) require_key: bool,
+    pub(crate) ttl: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) max_request_body: usize,
+    pub(crate) max_response_body: usize,
+    pub(crate) in_flight: InFlightPolicy,
+    pub(crate) on_store_failure: StoreFailurePolicy,
+    pub(crate) store_status: Arc<StatusPredicate>,
+    pub(crate) responder: Option<Arc<Responder>>,
+    pub(crate) problem_type_base: String,
+}
+
+impl<St> Clone for Config<St> {
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            scope: self.scope.clone(),
+            allow_unscoped: self.allow_unscoped,
+            methods: self.methods.clone(),
+            require_key: self.require_key,
+            ttl: self.ttl,
+            lease: self.lease,
+            max_request_body: self.max_request_body,
+            max_response_body: self.max_response_body,
+            in_flight: self.in_flight,
+            on_store_failure: self.on_store_failure,
+            store_status: Arc::clone(&self.store_status),
+            responder: self.responder.clone(),
+            problem_type_base: self.problem_type_base.clone(),
+        }
+    }
+}
+
+/// Applies [`Idempotency`] to a service: see the [crate docs](crate) for the behaviour.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_idempotency::{IdempotencyLayer, InFlightPolicy, store::memory::MemoryStore};
+///
+/// # #[derive(Clone)] struct User { id: String }
+/// let layer = IdempotencyLayer::new(MemoryStore::default())
+///     .scope(|parts| parts.extensions.get::<User>().map(|u| u.id.clone().into()))
+///     .ttl(Duration::from_secs(24 * 3600))
+///     .in_flight(InFlightPolicy::Wait {
+///         timeout: Duration::from_secs(10),
+///         retry_after: Duration::from_secs(1),
+///     });
+/// ```
+pub struct IdempotencyLayer<St> {
+    config: Arc<Config<St>>,
+}
+
+impl<St> Clone for IdempotencyLayer<St> {
+    fn clone(&self) -> Self {
+        Self {
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<St> fmt::Debug for IdempotencyLayer<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        f.debug_struct("IdempotencyLayer")
+            .field("methods", &c.methods)
+            .field("require_key", &c.require_key)
+            .field("ttl", &c.ttl)
+            .field("lease", &c.lease)
+            .field("max_request_body", &c.max_request_body)
+            .field("max_response_body", &c.max_response_body)
+            .field("in_flight", &c.in_flight)
+            .field("on_store_failure", &c.on_store_failure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St: IdempotencyStore> IdempotencyLayer<St> {
+    /// A layer over `store` with the defaults: POST and PATCH, key optional, 24 h TTL, 30 s
+    /// lease, 1 MiB request and response limits, 409 while in flight, fail closed, 2xx and 3xx
+    /// stored. Keyed requests need a [`scope`](Self::scope) (or
+    /// [`allow_unscoped`](Self::allow_unscoped)), or they get 401.
+    pub fn new(store: St) -> Self {
+        Self {
+            config: Arc::new(Config {
+                store: Arc::new(store),
+                scope: None,
+                allow_unscoped: false,
+                methods: vec![Method::POST, Method::PATCH],
+                require_key: false,
+                ttl: Duration::from_secs(24 * 60 * 60),
+                lease: Duration::from_secs(30),
+                max_request_body: 1024 * 1024,
+                max_response_body: 1024 * 1024,
+                in_flight: InFlightPolicy::Reject {
+                    retry_after: Duration::from_secs(1),
+                },
+                on_store_failure: StoreFailurePolicy::FailClosed {
+                    retry_after: Duration::from_secs(5),
+                },
+                store_status: Arc::new(store_success_and_redirects),
+                responder: None,
+                problem_type_base: DEFAULT_TYPE_BASE.to_owned(),
+            }),
+        }
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut Config<St>)) -> Self {
+        f(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// Derives the key's owner from the request (typically an authenticated user that an
+    /// auth layer running first put into the extensions). `None` means "unauthenticated":
+    /// keyed requests then get 401 `scope-missing`.
+    pub fn scope<F>(self, scope: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<Scope> + Send + Sync + 'static,
+    {
+        self.with(|c| c.scope = Some(Arc::new(scope)))
+    }
+
+    /// Lets keyed requests without a scope share one global scope instead of getting 401.
+    /// Only for APIs where every client is the same principal.
+    pub fn allow_unscoped(self, allow: bool) -> Self {
+        self.with(|c| c.allow_unscoped = allow)
+    }
+
+    /// The methods the layer acts on (default POST and PATCH); others pass through.
+    pub fn methods(self, methods: impl IntoIterator<Item = Method>) -> Self {
+        let methods = methods.into_iter().collect();
+        self.with(|c| c.methods = methods)
+    }
+
+    /// Answer 400 `key-required` to requests without a key (default: they just run).
+    pub fn require_key(self, require: bool) -> Self {
+        self.with(|c| c.require_key = require)
+    }
+
+    /// How long a completed response is replayed (default 24 h).
+    pub fn ttl(self, ttl: Duration) -> Self {
+        self.with(|c| c.ttl = ttl)
+    }
+
+    /// How long a claim survives without renewal (default 30 s). The layer renews it every
+    /// third of the lease while the handler runs; after a crash the key is free again once
+    /// the lease ends.
+    pub fn lease(self, lease: Duration) -> Self {
+        self.with(|c| c.lease = lease.max(Duration::from_millis(30)))
+    }
+
+    /// Largest request body accepted with a key (default 1 MiB); larger ones get 413.
+    pub fn max_request_body(self, bytes: usize) -> Self {
+        self.with(|c| c.max_request_body = bytes)
+    }
+
+    /// Largest response body kept for replay (default 1 MiB). A larger response still
+    /// reaches its caller; retries get 410 `response-not-kept`, never a second execution.
+    pub fn max_response_body(self, bytes: usize) -> Self {
+        self.with(|c| c.max_response_body = bytes)
+    }
+
+    /// What a retry gets while the first request runs (default: 409 with `Retry-After: 1`).
+    pub fn in_flight(self, policy: InFlightPolicy) -> Self {
+        self.with(|c| c.in_flight = policy)
+    }
+
+    /// What happens when the store fails (default: 503 with `Retry-After: 5`).
+    pub fn on_store_failure(self, policy: StoreFailurePolicy) -> Self {
+        self.with(|c| c.on_store_failure = policy)
+    }
+
+    /// Which responses are kept for replay, by status (default: 2xx and 3xx). Responses not
+    /// kept release the key. `Cache-Control: no-store` on a response always prevents storing.
+    pub fn store_responses_when<F>(self, predicate: F) -> Self
+    where
+        F: Fn(StatusCode) -> bool + Send + Sync + 'static,
+    {
+        self.with(|c| c.store_status = Arc::new(predicate))
+    }
+
+    /// The prefix of every problem `type` (default `urn:tower-idempotency:problem:`), e.g.
+    /// `https://api.example.com/problems/` to point at your own documentation.
+    pub fn problem_type_base(self, base: impl Into<String>) -> Self {
+        let base = base.into();
+        self.with(|c| c.problem_type_base = base)
+    }
+
+    /// Replaces the problem responses with your own.
+    pub fn problem_responder<F>(self, responder: F) -> Self
+    where
+        F: Fn(&Problem) -> Response<Bytes> + Send + Sync + 'static,
+    {
+        self.with(|c| c.responder = Some(Arc::new(responder)))
+    }
+
+    /// The store, e.g. for readiness checks.
+    pub fn store(&self) -> &St {
+        &self.config.store
+    }
+}
+
+impl<S, St> Layer<S> for IdempotencyLayer<St> {
+    type Service = Idempotency<S, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency::from_config(inner, Arc::clone(&self.config))
+    }
+}

@@ -1,0 +1,66 @@
+//! `metrics` counters and histograms. With no recorder installed they cost next to nothing.
+//!
+//! - `idempotency_requests_total{outcome}`: one per keyed request, by [`Outcome`].
+//! - `idempotency_store_duration_seconds{operation}`: latency of each store call
+//!   (`claim`, `renew`, `complete`, `release`).
+//! - `idempotency_store_errors_total{operation}`: failed store calls.
+
+use std::{future::Future, time::Instant};
+
+/// Name of the per-outcome counter.
+pub const REQUESTS_TOTAL: &str = "idempotency_requests_total";
+/// Name of the store latency histogram.
+pub const STORE_DURATION_SECONDS: &str = "idempotency_store_duration_seconds";
+/// Name of the store error counter.
+pub const STORE_ERRORS_TOTAL: &str = "idempotency_store_errors_total";
+
+/// How a keyed request ended, as the `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The handler ran (first request with its key).
+    Executed,
+    /// A stored response was replayed (or its absence reported).
+    Replayed,
+    /// 409: the first request was still running.
+    Conflict,
+    /// 422: the key was reused for a different request.
+    Mismatch,
+    /// 400, 401, 413 or a handler failure.
+    Rejected,
+    /// The store failed (503, or executed without deduplication when failing open).
+    StoreError,
+}
+
+impl Outcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Executed => "executed",
+            Self::Replayed => "replayed",
+            Self::Conflict => "conflict",
+            Self::Mismatch => "mismatch",
+            Self::Rejected => "rejected",
+            Self::StoreError => "store_error",
+        }
+    }
+}
+
+pub(crate) fn record_outcome(outcome: Outcome) {
+    metrics::counter!(REQUESTS_TOTAL, "outcome" => outcome.as_str()).increment(1);
+}
+
+/// Awaits a store call, recording its latency and failure.
+pub(crate) async fn timed<T, E>(
+    operation: &'static str,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let started = Instant::now();
+    let result = call.await;
+    metrics::histogram!(STORE_DURATION_SECONDS, "operation" => operation)
+        .record(started.elapsed().as_secs_f64());
+    if result.is_err() {
+        metrics::counter!(STORE_ERRORS_TOTAL, "operation" => operation).increment(1);
+    }
+    result
+}
