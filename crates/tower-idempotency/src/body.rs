@@ -60,7 +60,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().inner.project() {
-            RequestInnerProj::Buffered { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            RequestInnerProj::Buffered { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
             RequestInnerProj::Streaming { body } => body.poll_frame(cx),
         }
     }
@@ -136,7 +138,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().inner.project() {
-            ResponseInnerProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ResponseInnerProj::Full { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
             ResponseInnerProj::Inner { body } => body.poll_frame(cx),
             ResponseInnerProj::Prefixed { prefix, rest } => match prefix.pop_front() {
                 Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),

@@ -122,7 +122,12 @@ mod tests {
     #[test]
     fn json_bodies_ignore_whitespace_and_key_order() {
         let h = json_headers("application/json; charset=utf-8");
-        let a = fp(Method::POST, "/d", &h, br#"{"a":1,"b":[true,{"d":2,"c":3}]}"#);
+        let a = fp(
+            Method::POST,
+            "/d",
+            &h,
+            br#"{"a":1,"b":[true,{"d":2,"c":3}]}"#,
+        );
         let b = fp(
             Method::POST,
             "/d",
@@ -131,7 +136,15 @@ mod tests {
         );
         assert_eq!(a, b);
         let vendor = json_headers("application/vnd.api+json");
-        assert_eq!(a, fp(Method::POST, "/d", &vendor, br#"{"b":[true,{"c":3,"d":2}],"a":1}"#));
+        assert_eq!(
+            a,
+            fp(
+                Method::POST,
+                "/d",
+                &vendor,
+                br#"{"b":[true,{"c":3,"d":2}],"a":1}"#
+            )
+        );
     }
 
     #[test]

@@ -199,8 +199,11 @@ where
         let outcome = renew_while(&config, &id, token, work).await;
         let answer = match outcome {
             Ok(Finished::Store { record, response }) => {
-                let result =
-                    timed("complete", config.store.complete(&id, token, record, config.ttl)).await;
+                let result = timed(
+                    "complete",
+                    config.store.complete(&id, token, record, config.ttl),
+                )
+                .await;
                 if let Err(error) = result {
                     tracing::warn!(%error, "could not store the response; releasing the key");
                     let _ = timed("release", config.store.release(&id, token)).await;
@@ -286,7 +289,9 @@ enum Buffered<B> {
         prefix: VecDeque<Bytes>,
         rest: Pin<Box<B>>,
     },
-    Failed { prefix: VecDeque<Bytes> },
+    Failed {
+        prefix: VecDeque<Bytes>,
+    },
 }
 
 async fn buffer_response<B>(body: B, limit: usize) -> Buffered<B>
@@ -410,9 +415,10 @@ fn replay<St, B>(config: &Config<St>, record: &Bytes) -> Response<ResponseBody<B
             response
         }
     };
-    response
-        .headers_mut()
-        .insert(IDEMPOTENT_REPLAYED.clone(), HeaderValue::from_static("true"));
+    response.headers_mut().insert(
+        IDEMPOTENT_REPLAYED.clone(),
+        HeaderValue::from_static("true"),
+    );
     response
 }
 

@@ -193,7 +193,12 @@ mod tests {
 
     #[test]
     fn accepts_both_forms_as_the_same_key() {
-        for raw in [&b"abc-123"[..], b"\"abc-123\"", b"  \"abc-123\"\t", b" abc-123 "] {
+        for raw in [
+            &b"abc-123"[..],
+            b"\"abc-123\"",
+            b"  \"abc-123\"\t",
+            b" abc-123 ",
+        ] {
             assert_eq!(IdempotencyKey::parse(raw).unwrap().as_str(), "abc-123");
         }
     }
@@ -210,7 +215,10 @@ mod tests {
         assert!(IdempotencyKey::parse(max.as_bytes()).is_ok());
         assert!(IdempotencyKey::parse(format!("\"{max}\"").as_bytes()).is_ok());
         let over = "k".repeat(MAX_KEY_LEN + 1);
-        assert_eq!(IdempotencyKey::parse(over.as_bytes()), Err(KeyError::TooLong));
+        assert_eq!(
+            IdempotencyKey::parse(over.as_bytes()),
+            Err(KeyError::TooLong)
+        );
         assert_eq!(
             IdempotencyKey::parse(format!("\"{over}\"").as_bytes()),
             Err(KeyError::TooLong)
@@ -222,15 +230,33 @@ mod tests {
 
     #[test]
     fn rejects_bad_characters_lists_and_malformed_strings() {
-        assert_eq!(IdempotencyKey::parse(b"a b"), Err(KeyError::InvalidCharacter));
-        assert_eq!(IdempotencyKey::parse(b"a\x01b"), Err(KeyError::InvalidCharacter));
-        assert_eq!(IdempotencyKey::parse(b"caf\xc3\xa9"), Err(KeyError::InvalidCharacter));
-        assert_eq!(IdempotencyKey::parse(b"\"a\tb\""), Err(KeyError::InvalidCharacter));
+        assert_eq!(
+            IdempotencyKey::parse(b"a b"),
+            Err(KeyError::InvalidCharacter)
+        );
+        assert_eq!(
+            IdempotencyKey::parse(b"a\x01b"),
+            Err(KeyError::InvalidCharacter)
+        );
+        assert_eq!(
+            IdempotencyKey::parse(b"caf\xc3\xa9"),
+            Err(KeyError::InvalidCharacter)
+        );
+        assert_eq!(
+            IdempotencyKey::parse(b"\"a\tb\""),
+            Err(KeyError::InvalidCharacter)
+        );
         assert_eq!(IdempotencyKey::parse(b"a,b"), Err(KeyError::List));
         assert_eq!(IdempotencyKey::parse(b"\"a\", \"b\""), Err(KeyError::List));
         assert_eq!(IdempotencyKey::parse(b"\"abc"), Err(KeyError::Malformed));
-        assert_eq!(IdempotencyKey::parse(b"\"a\\nb\""), Err(KeyError::Malformed));
-        assert_eq!(IdempotencyKey::parse(b"\"a\";p=1"), Err(KeyError::Malformed));
+        assert_eq!(
+            IdempotencyKey::parse(b"\"a\\nb\""),
+            Err(KeyError::Malformed)
+        );
+        assert_eq!(
+            IdempotencyKey::parse(b"\"a\";p=1"),
+            Err(KeyError::Malformed)
+        );
         assert_eq!(IdempotencyKey::parse(b"ab\"c"), Err(KeyError::Malformed));
     }
 
@@ -240,7 +266,10 @@ mod tests {
         assert_eq!(IdempotencyKey::from_headers(&headers), Ok(None));
         headers.append(&IDEMPOTENCY_KEY, HeaderValue::from_static("one"));
         assert_eq!(
-            IdempotencyKey::from_headers(&headers).unwrap().unwrap().as_str(),
+            IdempotencyKey::from_headers(&headers)
+                .unwrap()
+                .unwrap()
+                .as_str(),
             "one"
         );
         headers.append(&IDEMPOTENCY_KEY, HeaderValue::from_static("two"));

@@ -76,8 +76,14 @@ mod tests {
         h.append("link", HeaderValue::from_static("</b>"));
         h.insert("x-raw", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
         h.insert("set-cookie", HeaderValue::from_static("session=secret"));
-        h.insert("date", HeaderValue::from_static("Tue, 01 Dec 2026 00:00:00 GMT"));
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-private"));
+        h.insert(
+            "date",
+            HeaderValue::from_static("Tue, 01 Dec 2026 00:00:00 GMT"),
+        );
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         let kept = replayable_headers(&h);
@@ -91,7 +97,10 @@ mod tests {
     fn no_store_is_detected_among_directives() {
         let mut h = HeaderMap::new();
         assert!(!forbids_storing(&h));
-        h.insert("cache-control", HeaderValue::from_static("private, No-Store"));
+        h.insert(
+            "cache-control",
+            HeaderValue::from_static("private, No-Store"),
+        );
         assert!(forbids_storing(&h));
     }
 }

@@ -144,7 +144,9 @@ impl ProblemKind {
             Self::HandlerFailed => {
                 "The request failed unexpectedly. The key was released; retry with the same key."
             }
-            Self::RecordCorrupt => "The stored response for this Idempotency-Key could not be read.",
+            Self::RecordCorrupt => {
+                "The stored response for this Idempotency-Key could not be read."
+            }
         }
     }
 }

@@ -132,7 +132,10 @@ mod tests {
         headers.insert("location", HeaderValue::from_static("/api/deployments/1"));
         headers.append("x-multi", HeaderValue::from_static("a"));
         headers.append("x-multi", HeaderValue::from_static("b"));
-        headers.insert("x-binary", HeaderValue::from_bytes(b"caf\xe9 \xff").unwrap());
+        headers.insert(
+            "x-binary",
+            HeaderValue::from_bytes(b"caf\xe9 \xff").unwrap(),
+        );
         StoredResponse {
             status: StatusCode::CREATED,
             headers,
@@ -163,6 +166,9 @@ mod tests {
         }
         let mut other = encoded.to_vec();
         other[0] = 2;
-        assert_eq!(StoredResponse::decode(&Bytes::from(other)), Err(DecodeError));
+        assert_eq!(
+            StoredResponse::decode(&Bytes::from(other)),
+            Err(DecodeError)
+        );
     }
 }

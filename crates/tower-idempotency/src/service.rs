@@ -95,10 +95,7 @@ where
                 return ResponseFuture::passthrough(inner.call(req.map(RequestBody::streaming)));
             }
             Err(error) => {
-                return ResponseFuture::ready(flow::reject(
-                    config,
-                    ProblemKind::KeyInvalid(error),
-                ));
+                return ResponseFuture::ready(flow::reject(config, ProblemKind::KeyInvalid(error)));
             }
         };
         let (parts, body) = req.into_parts();

@@ -141,7 +141,11 @@ pub async fn exclusive_claim_under_contention<S: IdempotencyStore>(store: S) {
                 Claim::Completed(_) => panic!("nothing was completed yet"),
             }
         }
-        assert_eq!(tokens.len(), 1, "round {round}: exactly one claimer acquires");
+        assert_eq!(
+            tokens.len(),
+            1,
+            "round {round}: exactly one claimer acquires"
+        );
 
         let response = Bytes::from(format!("response of round {round}"));
         store
@@ -176,7 +180,10 @@ pub async fn completed_record_replays_exact_bytes<S: IdempotencyStore>(store: S)
         let id = unique_id("bytes");
         let token = acquire(&store, &id, HOUR).await;
         let body = Bytes::from(body);
-        store.complete(&id, token, body.clone(), HOUR).await.unwrap();
+        store
+            .complete(&id, token, body.clone(), HOUR)
+            .await
+            .unwrap();
         match store.claim(&id, &fingerprint(9), HOUR).await.unwrap() {
             Claim::Completed(record) => {
                 assert_eq!(record.fingerprint, fingerprint(1));

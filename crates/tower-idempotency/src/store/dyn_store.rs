@@ -101,41 +101,33 @@ impl fmt::Debug for BoxStore {
 }
 
 impl IdempotencyStore for BoxStore {
-    fn claim(
+    async fn claim(
         &self,
         id: &RecordId,
         fingerprint: &Fingerprint,
         lease: Duration,
-    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
-        // An async block, so the future may borrow each argument for its own lifetime.
-        async move { self.0.claim(id, fingerprint, lease).await }
+    ) -> Result<Claim, StoreError> {
+        self.0.claim(id, fingerprint, lease).await
     }
-    fn renew(
+    async fn renew(
         &self,
         id: &RecordId,
         token: FencingToken,
         lease: Duration,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        // An async block, so the future may borrow each argument for its own lifetime.
-        async move { self.0.renew(id, token, lease).await }
+    ) -> Result<(), StoreError> {
+        self.0.renew(id, token, lease).await
     }
-    fn complete(
+    async fn complete(
         &self,
         id: &RecordId,
         token: FencingToken,
         response: Bytes,
         ttl: Duration,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        // An async block, so the future may borrow each argument for its own lifetime.
-        async move { self.0.complete(id, token, response, ttl).await }
+    ) -> Result<(), StoreError> {
+        self.0.complete(id, token, response, ttl).await
     }
-    fn release(
-        &self,
-        id: &RecordId,
-        token: FencingToken,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        // An async block, so the future may borrow each argument for its own lifetime.
-        async move { self.0.release(id, token).await }
+    async fn release(&self, id: &RecordId, token: FencingToken) -> Result<(), StoreError> {
+        self.0.release(id, token).await
     }
     fn check(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         self.0.check()

@@ -50,8 +50,11 @@ impl StoreError {
 
     /// Shorthand for an [`Unavailable`](StoreErrorKind::Unavailable) error caused by `source`.
     pub fn unavailable(source: impl Into<Source>) -> Self {
-        Self::new(StoreErrorKind::Unavailable, "the idempotency store is unavailable")
-            .with_source(source)
+        Self::new(
+            StoreErrorKind::Unavailable,
+            "the idempotency store is unavailable",
+        )
+        .with_source(source)
     }
 
     /// Shorthand for a [`LeaseLost`](StoreErrorKind::LeaseLost) error.
@@ -80,6 +83,8 @@ impl fmt::Display for StoreError {
 
 impl StdError for StoreError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source.as_deref().map(|s| s as &(dyn StdError + 'static))
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn StdError + 'static))
     }
 }

@@ -114,7 +114,9 @@ impl MemoryStoreBuilder {
             bytes: self.max_bytes.div_ceil(shards).max(RECORD_OVERHEAD),
         };
         MemoryStore {
-            shards: (0..shards).map(|_| Mutex::new(Shard::new(budget))).collect(),
+            shards: (0..shards)
+                .map(|_| Mutex::new(Shard::new(budget)))
+                .collect(),
             shard_mask: shards - 1,
             origin: Instant::now(),
             next_token: AtomicU64::new(1),
@@ -174,7 +176,9 @@ impl MemoryStore {
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     // A panic while holding the lock cannot leave a shard half-updated in a way that matters
     // more than losing the store, so recover the guard instead of propagating the poison.
-    shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shard
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn millis(d: Duration) -> u64 {
@@ -562,7 +566,12 @@ mod tests {
         for n in 0..10 {
             let token = acquire(&store, &id(n)).await;
             store
-                .complete(&id(n), token, Bytes::from_static(b"r"), Duration::from_millis(1))
+                .complete(
+                    &id(n),
+                    token,
+                    Bytes::from_static(b"r"),
+                    Duration::from_millis(1),
+                )
                 .await
                 .unwrap();
         }

@@ -242,7 +242,10 @@ mod tests {
     #[test]
     fn scope_boundaries_are_unambiguous() {
         let key = |s: &str| IdempotencyKey::parse(s.as_bytes()).unwrap();
-        assert_ne!(RecordId::new(b"ab", &key("c")), RecordId::new(b"a", &key("bc")));
+        assert_ne!(
+            RecordId::new(b"ab", &key("c")),
+            RecordId::new(b"a", &key("bc"))
+        );
         assert_eq!(RecordId::new(b"", &key("x")).to_hex().len(), 64);
     }
 }
