@@ -111,3 +111,19 @@ proptest! {
         prop_assert_ne!(fa, fb);
     }
 }
+
+proptest! {
+    /// The canonical form agrees with serde_json on which documents are the same value.
+    #[test]
+    fn canonical_equality_matches_value_equality(a in json_value(), b in json_value()) {
+        let (ta, tb) = (serde_json::to_vec(&a).unwrap(), serde_json::to_vec(&b).unwrap());
+        prop_assert_eq!(canonical_json(&ta) == canonical_json(&tb), a == b);
+    }
+
+    /// Whatever serde_json accepts (within the depth limit), the canonicaliser accepts too.
+    #[test]
+    fn accepts_every_document_serde_json_writes(value in json_value()) {
+        let pretty = serde_json::to_vec_pretty(&value).unwrap();
+        prop_assert!(canonical_json(&pretty).is_some());
+    }
+}

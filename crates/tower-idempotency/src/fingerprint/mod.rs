@@ -6,6 +6,8 @@
 //! payload with other whitespace or another object-key order still matches; any other body,
 //! and JSON that does not parse, is compared byte for byte.
 
+mod json;
+
 use std::fmt;
 
 use http::{HeaderMap, Method, Uri, header::CONTENT_TYPE};
@@ -85,8 +87,8 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// Canonical form of a JSON document: no insignificant whitespace, object members sorted by
-/// key, numbers in one spelling. `None` when the bytes are not JSON (or nest deeper than the
-/// parser's recursion limit of 128), in which case the caller compares raw bytes.
+/// key, strings and numbers in one spelling. `None` when the bytes are not JSON (or nest
+/// deeper than 128 levels), in which case the caller compares raw bytes.
 ///
 /// ```
 /// use tower_idempotency::fingerprint::canonical_json;
@@ -98,12 +100,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// assert!(canonical_json(b"{not json").is_none());
 /// ```
 pub fn canonical_json(body: &[u8]) -> Option<Vec<u8>> {
-    // serde_json's `Map` is a BTreeMap unless `preserve_order` is enabled (this crate does not
-    // enable it), so serialising a parsed `Value` sorts every object's keys. The
-    // `float_roundtrip` feature makes float parsing exact, so canonicalising the canonical form
-    // again is a no-op (the fast default path can be off by one ulp; found by a property test).
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    serde_json::to_vec(&value).ok()
+    json::canonicalize(body)
 }
 
 #[cfg(test)]
