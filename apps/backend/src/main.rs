@@ -1,1 +1,157 @@
-fn main() {}
+//! `backend`: serve the deployments API, mint API tokens, print the OpenAPI description.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use backend::{
+    AppState, Db, Settings, app,
+    auth::create_token,
+    config::{DatabaseArgs, ServeConfig},
+    idempotency::build_store,
+    telemetry,
+};
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+/// Deployments API server.
+///
+/// Without a subcommand, `serve` runs with its defaults: a SQLite file `backend.db` and an
+/// in-memory idempotency store on 127.0.0.1:8080. Every flag also reads an environment
+/// variable (shown in brackets).
+#[derive(Debug, Parser)]
+#[command(name = "backend", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    // `backend --listen ...` is `backend serve --listen ...`.
+    #[command(flatten)]
+    serve: ServeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve(ServeConfig),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Print the OpenAPI description (YAML) of the HTTP API.
+    Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint an API token for USER and print it once on stdout. Only its SHA-256 hash is
+    /// stored, so it cannot be shown again; mint a new one if it is lost.
+    Create {
+        /// The user id the token authenticates as.
+        user: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            None => serve(cli.serve).await,
+            Some(Command::Serve(config)) => serve(config).await,
+            Some(Command::Token(TokenCommand::Create { user, database })) => {
+                token_create(&user, &database).await
+            }
+            Some(Command::Openapi) => {
+                let yaml = backend::openapi::yaml().map_err(anyhow::Error::msg)?;
+                print!("{yaml}");
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    telemetry::init_logging(config.log_format);
+    let db = Db::connect(&config.database.database_url).await?;
+    let store = build_store(&config.idempotency_store).await?;
+    let settings = Settings {
+        idempotency_ttl: config.idempotency_ttl,
+        max_body_bytes: config.max_body_bytes,
+    };
+    let state = AppState::new(db.clone(), store).with_settings(settings);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(
+        address = %listener.local_addr()?,
+        database = db.kind(),
+        idempotency_store = %config.idempotency_store,
+        idempotency_ttl = %humantime::format_duration(config.idempotency_ttl),
+        max_body_bytes = config.max_body_bytes,
+        "listening"
+    );
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server error")?;
+    tracing::info!("in-flight requests finished; shutting down");
+    db.close().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what orchestrators send); the server then stops
+/// accepting connections and lets in-flight requests finish.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received; shutting down gracefully"),
+        () = terminate => tracing::info!("SIGTERM received; shutting down gracefully"),
+    }
+}
+
+async fn token_create(user: &str, database: &DatabaseArgs) -> anyhow::Result<()> {
+    let db = Db::connect(&database.database_url).await?;
+    let token = create_token(&db, user).await;
+    db.close().await;
+    let token = token?;
+    // stdout carries the token alone, so `TOKEN=$(backend token create alice)` works.
+    println!("{token}");
+    eprintln!("Created an API token for user `{user}`. It is shown only once; store it now.");
+    Ok(())
+}

@@ -15,6 +15,7 @@ use std::{
     collections::VecDeque,
     pin::Pin,
     sync::Arc,
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -346,10 +347,16 @@ async fn renew_while<St, T>(
 where
     St: IdempotencyStore,
 {
+    let mut work = std::pin::pin!(work);
+    // Many handlers finish on their first poll; they need no timer (registering one costs
+    // more than the rest of a replay).
+    let first_poll = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+    if let Poll::Ready(output) = first_poll {
+        return output;
+    }
     let period = config.lease / 3;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut work = std::pin::pin!(work);
     loop {
         tokio::select! {
             output = &mut work => return output,
