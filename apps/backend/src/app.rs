@@ -1,0 +1,190 @@
+//! The router: routes, middleware order, fallbacks.
+
+use std::{any::Any, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    middleware,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer},
+};
+use tower_idempotency::store::BoxStore;
+use tracing::Level;
+
+use crate::{
+    api::{deployments, health},
+    auth,
+    config::{DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_BODY_BYTES},
+    db::Db,
+    error::AppError,
+    idempotency, telemetry,
+};
+
+/// Tunables of the app (the CLI fills them from flags and environment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// How long an idempotency key's response is replayed.
+    pub idempotency_ttl: Duration,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Deployments and API tokens.
+    pub db: Db,
+    /// Idempotency records (for the layer, and for the readiness probe).
+    pub idempotency_store: BoxStore,
+    /// Tunables.
+    pub settings: Arc<Settings>,
+    pub(crate) metrics: PrometheusHandle,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("db", &self.db.kind())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State with default [`Settings`]. Installs the process-wide metrics recorder on first
+    /// use.
+    pub fn new(db: Db, idempotency_store: BoxStore) -> Self {
+        Self {
+            db,
+            idempotency_store,
+            settings: Arc::new(Settings::default()),
+            metrics: telemetry::metrics_handle(),
+        }
+    }
+
+    /// Replaces the settings.
+    pub fn with_settings(mut self, settings: Settings) -> Self {
+        self.settings = Arc::new(settings);
+        self
+    }
+}
+
+/// The whole HTTP API.
+///
+/// Middleware, outermost first: panic catcher, request tracing, body limit; then per route:
+/// authentication, then (only on `POST /api/deployments`) the idempotency layer, so a key is
+/// always scoped to an authenticated user and unauthenticated requests never touch the store.
+pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .route(
+            "/api/deployments",
+            post(deployments::create)
+                .layer(idempotency::layer(&state))
+                .get(deployments::list),
+        )
+        .route("/api/deployments/{id}", get(deployments::show))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_auth,
+        ));
+
+    let max_body_bytes = state.settings.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.yaml", get(health::openapi_yaml))
+        .merge(api)
+        .fallback(not_found)
+        // After every route is added: it only reaches routes that exist by now.
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(catch_panic_layer())
+        .with_state(state)
+}
+
+async fn not_found() -> AppError {
+    AppError::RouteNotFound
+}
+
+// axum adds the `Allow` header to whatever this returns.
+async fn method_not_allowed() -> AppError {
+    AppError::MethodNotAllowed
+}
+
+type PanicHandler = fn(Box<dyn Any + Send + 'static>) -> Response;
+
+/// Turns a panicking handler into a 500 problem (the connection survives, the client gets a
+/// well-formed answer, the panic message goes to the log only).
+pub(crate) fn catch_panic_layer() -> CatchPanicLayer<PanicHandler> {
+    CatchPanicLayer::custom(panic_response as PanicHandler)
+}
+
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("non-string panic payload");
+    AppError::Internal(format!("handler panicked: {message}")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, http::Request};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn panics_become_problems() {
+        let router: Router = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    if true {
+                        panic!("kaboom");
+                    }
+                }),
+            )
+            .layer(catch_panic_layer());
+        let response = router
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 500);
+        assert_eq!(
+            response.headers()["content-type"],
+            crate::error::PROBLEM_JSON
+        );
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            problem["type"],
+            "https://deployments.example.com/problems/internal-error"
+        );
+        assert!(!String::from_utf8_lossy(&body).contains("kaboom"));
+    }
+}

@@ -1,0 +1,140 @@
+//! Command-line and environment configuration. Every flag has an environment variable, so
+//! the same binary runs from a shell, systemd or a container without a config file.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, ValueEnum};
+
+use crate::idempotency::StoreSpec;
+
+/// Default database: a SQLite file next to the process, created on first start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://backend.db";
+
+/// Default request body limit: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Default replay window of an idempotency key: 24 hours.
+pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Where deployments and API tokens live.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Database for deployments and API tokens: `sqlite://<path>` (created and migrated on
+    /// start) or `postgres://user:password@host:port/database`.
+    // Hidden from --help: a PostgreSQL URL can carry a password.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = DEFAULT_DATABASE_URL,
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub database_url: String,
+}
+
+/// `backend serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address and port to listen on.
+    #[arg(
+        long,
+        env = "BACKEND_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Where idempotency keys and their responses are kept. `memory`: in-process, for a
+    /// single instance; lost on restart, when the database's unique (user, key) still
+    /// prevents duplicate deployments. Shared stores (Redis, PostgreSQL) are not in this
+    /// build yet.
+    #[arg(
+        long,
+        env = "IDEMPOTENCY_STORE",
+        default_value = "memory",
+        hide_env_values = true,
+        value_parser = parse_store_spec,
+        value_name = "SPEC"
+    )]
+    pub idempotency_store: String,
+
+    /// How long a response is replayed to retries with the same Idempotency-Key, e.g.
+    /// `24h`, `90m`, `3600s`.
+    #[arg(
+        long,
+        env = "IDEMPOTENCY_TTL",
+        default_value = "24h",
+        value_parser = parse_ttl,
+        value_name = "DURATION"
+    )]
+    pub idempotency_ttl: Duration,
+
+    /// Largest accepted request body, in bytes; larger requests get 413.
+    #[arg(
+        long,
+        env = "BACKEND_MAX_BODY_BYTES",
+        default_value_t = DEFAULT_MAX_BODY_BYTES,
+        value_parser = parse_body_limit,
+        value_name = "BYTES"
+    )]
+    pub max_body_bytes: usize,
+
+    /// Log format on stderr: `pretty` for people, `json` for log collectors. Filter with
+    /// `RUST_LOG` (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_store_spec(spec: &str) -> Result<String, String> {
+    spec.parse::<StoreSpec>()
+        .map(|_| spec.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_ttl(value: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if ttl < Duration::from_secs(1) {
+        return Err("must be at least 1s".to_owned());
+    }
+    Ok(ttl)
+}
+
+fn parse_body_limit(value: &str) -> Result<usize, String> {
+    let bytes: usize = value.parse().map_err(|e| format!("{e}"))?;
+    if bytes == 0 {
+        return Err("must be at least 1".to_owned());
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls() {
+        assert_eq!(parse_ttl("24h").unwrap(), DEFAULT_IDEMPOTENCY_TTL);
+        assert_eq!(parse_ttl("90s").unwrap(), Duration::from_secs(90));
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("soon").is_err());
+    }
+
+    #[test]
+    fn body_limits() {
+        assert_eq!(parse_body_limit("1048576").unwrap(), DEFAULT_MAX_BODY_BYTES);
+        assert!(parse_body_limit("0").is_err());
+        assert!(parse_body_limit("-1").is_err());
+    }
+}

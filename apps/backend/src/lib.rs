@@ -1,0 +1,22 @@
+//! The deployments API: `POST /api/deployments` made safe to retry by the
+//! `tower-idempotency` layer, with a unique (user, key) column as a second line of defence.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over this library; the integration tests build
+//! the same [`app`] over SQLite and PostgreSQL.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod idempotency;
+pub mod openapi;
+pub mod telemetry;
+
+pub use self::{
+    app::{AppState, Settings, app},
+    auth::AuthUser,
+    db::Db,
+    error::{AppError, PROBLEM_TYPE_BASE},
+};
