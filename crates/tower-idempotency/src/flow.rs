@@ -186,7 +186,9 @@ where
     request.extensions_mut().insert(key);
     let (answer_tx, answer_rx) = oneshot::channel();
     let task_config = Arc::clone(&config);
+    let running = config.tasks.start();
     let task = async move {
+        let _running = running;
         let config = task_config;
         let guard = ReleaseOnDrop {
             config: Some(Arc::clone(&config)),

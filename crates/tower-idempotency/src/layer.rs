@@ -11,6 +11,7 @@ use crate::{
     policy::store_success_and_redirects,
     problem::{DEFAULT_TYPE_BASE, Problem},
     store::IdempotencyStore,
+    tasks::HandlerTasks,
 };
 
 /// Who a key belongs to: the bytes of a user id, tenant id or API-key id.
@@ -121,6 +122,7 @@ pub(crate) struct Config<St> {
     pub(crate) store_status: Arc<StatusPredicate>,
     pub(crate) responder: Option<Arc<Responder>>,
     pub(crate) problem_type_base: String,
+    pub(crate) tasks: HandlerTasks,
 }
 
 impl<St> Clone for Config<St> {
@@ -140,6 +142,7 @@ impl<St> Clone for Config<St> {
             store_status: Arc::clone(&self.store_status),
             responder: self.responder.clone(),
             problem_type_base: self.problem_type_base.clone(),
+            tasks: self.tasks.clone(),
         }
     }
 }
@@ -213,6 +216,7 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
                 store_status: Arc::new(store_success_and_redirects),
                 responder: None,
                 problem_type_base: DEFAULT_TYPE_BASE.to_owned(),
+                tasks: HandlerTasks::default(),
             }),
         }
     }
@@ -304,6 +308,11 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
         F: Fn(&Problem) -> Response<Bytes> + Send + Sync + 'static,
     {
         self.with(|c| c.responder = Some(Arc::new(responder)))
+    }
+
+    /// The handlers running on their own tasks, to wait for on shutdown.
+    pub fn handler_tasks(&self) -> HandlerTasks {
+        self.config.tasks.clone()
     }
 
     /// The store, e.g. for readiness checks.

@@ -109,6 +109,7 @@ pub mod problem;
 mod record;
 mod service;
 pub mod store;
+mod tasks;
 #[cfg(feature = "test-suite")]
 pub mod testing;
 
@@ -120,4 +121,5 @@ pub use self::{
     layer::{IdempotencyLayer, InFlightPolicy, Scope, StoreFailurePolicy},
     policy::store_success_and_redirects,
     service::Idempotency,
+    tasks::HandlerTasks,
 };

@@ -199,15 +199,16 @@ impl Problem {
         self.retry_after
     }
 
-    /// The `application/problem+json` body.
+    /// The `application/problem+json` body, members in RFC 9457's order.
     pub fn to_json(&self) -> Bytes {
-        let body = serde_json::json!({
-            "type": self.type_uri,
-            "title": self.title(),
-            "status": self.status().as_u16(),
-            "detail": self.detail(),
-        });
-        Bytes::from(body.to_string())
+        let string = |s: &str| serde_json::Value::from(s).to_string();
+        Bytes::from(format!(
+            r#"{{"type":{},"title":{},"status":{},"detail":{}}}"#,
+            string(&self.type_uri),
+            string(self.title()),
+            self.status().as_u16(),
+            string(self.detail()),
+        ))
     }
 
     /// The default answer: status, `Content-Type: application/problem+json`, `Retry-After`
@@ -247,6 +248,11 @@ mod tests {
         assert_eq!(response.status(), StatusCode::CONFLICT);
         assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert!(
+            response
+                .body()
+                .starts_with(br#"{"type":"urn:tower-idempotency:problem:key-in-use","title":"#)
+        );
         let json: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
         assert_eq!(json["type"], "urn:tower-idempotency:problem:key-in-use");
         assert_eq!(json["status"], 409);

@@ -265,7 +265,9 @@ async fn no_store_responses_are_not_kept() {
 
 #[tokio::test]
 async fn a_disconnected_client_still_gets_the_result_on_retry() {
-    let server = TestServer::start(layer(MemoryStore::default())).await;
+    let layer = layer(MemoryStore::default());
+    let tasks = layer.handler_tasks();
+    let server = TestServer::start(layer).await;
     let gave_up = server
         .post("alice", "hang-up", ORDER)
         .header("x-delay-ms", "500")
@@ -273,7 +275,12 @@ async fn a_disconnected_client_still_gets_the_result_on_retry() {
         .send()
         .await;
     assert!(gave_up.unwrap_err().is_timeout());
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The handler outlives its connection, and a shutdown can wait for it.
+    assert_eq!(tasks.running(), 1);
+    tokio::time::timeout(Duration::from_secs(5), tasks.wait_idle())
+        .await
+        .expect("the detached handler finishes");
+    assert_eq!(server.executions.get(), 1);
     let retry = server
         .post("alice", "hang-up", ORDER)
         .header("x-delay-ms", "500")
