@@ -14,13 +14,13 @@ use tower_http::{
     catch_panic::CatchPanicLayer,
     trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer},
 };
-use tower_idempotency::store::BoxStore;
+use tower_idempotency::{HandlerTasks, store::BoxStore};
 use tracing::Level;
 
 use crate::{
     api::{deployments, health},
     auth,
-    config::{DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_BODY_BYTES},
+    config::{DEFAULT_IDEMPOTENCY_LEASE, DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_BODY_BYTES},
     db::Db,
     error::AppError,
     idempotency, telemetry,
@@ -31,6 +31,8 @@ use crate::{
 pub struct Settings {
     /// How long an idempotency key's response is replayed.
     pub idempotency_ttl: Duration,
+    /// How long a claim on a key survives its instance (renewed while the request runs).
+    pub idempotency_lease: Duration,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
 }
@@ -39,6 +41,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
+            idempotency_lease: DEFAULT_IDEMPOTENCY_LEASE,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
@@ -53,6 +56,8 @@ pub struct AppState {
     pub idempotency_store: BoxStore,
     /// Tunables.
     pub settings: Arc<Settings>,
+    /// Create handlers still running after their client left; shutdown waits for them.
+    pub handler_tasks: HandlerTasks,
     pub(crate) metrics: PrometheusHandle,
 }
 
@@ -73,6 +78,7 @@ impl AppState {
             db,
             idempotency_store,
             settings: Arc::new(Settings::default()),
+            handler_tasks: HandlerTasks::default(),
             metrics: telemetry::metrics_handle(),
         }
     }

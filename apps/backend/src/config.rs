@@ -16,6 +16,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Default replay window of an idempotency key: 24 hours.
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Default lease of a claim on a key: how long a crashed instance can block its keys.
+pub const DEFAULT_IDEMPOTENCY_LEASE: Duration = Duration::from_secs(30);
+
 /// Where deployments and API tokens live.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
@@ -48,9 +51,10 @@ pub struct ServeConfig {
     pub database: DatabaseArgs,
 
     /// Where idempotency keys and their responses are kept. `memory`: in-process, for a
-    /// single instance; lost on restart, when the database's unique (user, key) still
-    /// prevents duplicate deployments. Shared stores (Redis, PostgreSQL) are not in this
-    /// build yet.
+    /// single instance (lost on restart, when the database's unique (user, key) still
+    /// prevents duplicate deployments). For several instances, a shared store:
+    /// `redis://host:6379` (a single node), a comma-separated list of `redis://` URLs (a Redis
+    /// Cluster), or `postgres://user:password@host:port/database`.
     #[arg(
         long,
         env = "IDEMPOTENCY_STORE",
@@ -72,6 +76,20 @@ pub struct ServeConfig {
     )]
     pub idempotency_ttl: Duration,
 
+    /// How long a claim on a key outlives a crashed instance. The instance running the
+    /// request renews it every third of this; retries meanwhile get 409.
+    #[arg(
+        long,
+        env = "IDEMPOTENCY_LEASE",
+        default_value = "30s",
+        value_parser = parse_lease,
+        value_name = "DURATION"
+    )]
+    pub idempotency_lease: Duration,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
     /// Largest accepted request body, in bytes; larger requests get 413.
     #[arg(
         long,
@@ -86,6 +104,57 @@ pub struct ServeConfig {
     /// `RUST_LOG` (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
+}
+
+/// Tunables of the idempotency stores.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Redis store: prefix of every key it writes.
+    #[arg(
+        long,
+        env = "IDEMPOTENCY_REDIS_PREFIX",
+        default_value = "idempotency:",
+        value_name = "PREFIX"
+    )]
+    pub idempotency_redis_prefix: String,
+
+    /// PostgreSQL store: its table (`table` or `schema.table`), created on start.
+    #[arg(
+        long,
+        env = "IDEMPOTENCY_POSTGRES_TABLE",
+        default_value = "idempotency_records",
+        value_name = "TABLE"
+    )]
+    pub idempotency_postgres_table: String,
+
+    /// Memory store: most keys held at once; when full of fresh keys, new keys get 503.
+    #[arg(
+        long,
+        env = "IDEMPOTENCY_MEMORY_MAX_ENTRIES",
+        default_value_t = 1_000_000,
+        value_name = "N"
+    )]
+    pub idempotency_memory_max_entries: usize,
+
+    /// Memory store: most bytes of stored responses (plus a fixed charge per key).
+    #[arg(
+        long,
+        env = "IDEMPOTENCY_MEMORY_MAX_BYTES",
+        default_value_t = 256 * 1024 * 1024,
+        value_name = "BYTES"
+    )]
+    pub idempotency_memory_max_bytes: usize,
+}
+
+impl Default for StoreArgs {
+    fn default() -> Self {
+        Self {
+            idempotency_redis_prefix: "idempotency:".to_owned(),
+            idempotency_postgres_table: "idempotency_records".to_owned(),
+            idempotency_memory_max_entries: 1_000_000,
+            idempotency_memory_max_bytes: 256 * 1024 * 1024,
+        }
+    }
 }
 
 /// How logs are written.
@@ -109,6 +178,14 @@ fn parse_ttl(value: &str) -> Result<Duration, String> {
         return Err("must be at least 1s".to_owned());
     }
     Ok(ttl)
+}
+
+fn parse_lease(value: &str) -> Result<Duration, String> {
+    let lease = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if lease < Duration::from_millis(100) {
+        return Err("must be at least 100ms".to_owned());
+    }
+    Ok(lease)
 }
 
 fn parse_body_limit(value: &str) -> Result<usize, String> {

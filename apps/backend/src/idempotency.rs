@@ -1,6 +1,8 @@
 //! The idempotency store (chosen by configuration) and the layer on `POST /api/deployments`.
 
-use std::{fmt, str::FromStr};
+use std::{fmt, str::FromStr, time::Duration};
+
+use anyhow::Context as _;
 
 use axum::http::{HeaderValue, Method, Response, header};
 use bytes::Bytes;
@@ -9,24 +11,29 @@ use tower_idempotency::{
     problem::{Problem, ProblemKind},
     store::{BoxStore, memory::MemoryStore},
 };
+use tower_idempotency_postgres::{PostgresStore, ReaperHandle};
+use tower_idempotency_redis::RedisStore;
 
 use crate::{
     app::AppState,
     auth::AuthUser,
+    config::StoreArgs,
     error::{PROBLEM_TYPE_BASE, ProblemDetails},
 };
 
 /// A parsed `--idempotency-store` value.
-///
-/// To add a backend (say Redis): add a variant, recognise its URL scheme in
-/// [`StoreSpec::from_str`], and build it in [`build_store`]. Everything else takes a
-/// [`BoxStore`] and needs no change.
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StoreSpec {
     /// `memory`: in-process, lost on restart (the database's unique key still prevents
     /// duplicate deployments), one instance only.
     Memory,
+    /// `redis://host:port[/db]` or `rediss://...`: one Redis node.
+    Redis(String),
+    /// Several comma-separated `redis://` URLs: the nodes of a Redis Cluster.
+    RedisCluster(Vec<String>),
+    /// `postgres://...`: a table in PostgreSQL.
+    Postgres(String),
 }
 
 impl FromStr for StoreSpec {
@@ -36,12 +43,23 @@ impl FromStr for StoreSpec {
         let scheme = spec.split_once("://").map_or(spec, |(scheme, _)| scheme);
         match scheme {
             "memory" => Ok(Self::Memory),
-            "redis" | "rediss" | "postgres" | "postgresql" => anyhow::bail!(
-                "idempotency store `{scheme}://` is not supported by this build yet; \
-                 use `memory`"
-            ),
+            "redis" | "rediss" if spec.contains(',') => {
+                let urls: Vec<String> = spec.split(',').map(|u| u.trim().to_owned()).collect();
+                if let Some(bad) = urls
+                    .iter()
+                    .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+                {
+                    anyhow::bail!(
+                        "every Redis Cluster node must be a redis:// URL, not `{}`",
+                        crate::db::redact(bad)
+                    );
+                }
+                Ok(Self::RedisCluster(urls))
+            }
+            "redis" | "rediss" => Ok(Self::Redis(spec.to_owned())),
+            "postgres" | "postgresql" => Ok(Self::Postgres(spec.to_owned())),
             _ => anyhow::bail!(
-                "unknown idempotency store `{}`: expected `memory`",
+                "unknown idempotency store `{}`: expected `memory`, `redis://...` or `postgres://...`",
                 crate::db::redact(spec)
             ),
         }
@@ -50,19 +68,74 @@ impl FromStr for StoreSpec {
 
 impl fmt::Debug for StoreSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Future variants hold URLs with credentials: never print them.
+        // The URLs may carry credentials: never print them.
         match self {
             Self::Memory => f.write_str("Memory"),
+            Self::Redis(_) => f.write_str("Redis"),
+            Self::RedisCluster(urls) => write!(f, "RedisCluster({} nodes)", urls.len()),
+            Self::Postgres(_) => f.write_str("Postgres"),
         }
     }
 }
 
-/// Builds the store `spec` names (`memory`). Async because network-backed stores connect
-/// (and should fail at startup, not on the first request).
-pub async fn build_store(spec: &str) -> anyhow::Result<BoxStore> {
-    match spec.parse::<StoreSpec>()? {
-        StoreSpec::Memory => Ok(BoxStore::new(MemoryStore::default())),
-    }
+/// The idempotency store of a running server, with what keeps it healthy.
+#[derive(Debug)]
+pub struct IdempotencyBackend {
+    /// The store the layer and the readiness probe use.
+    pub store: BoxStore,
+    /// Deletes expired PostgreSQL rows in the background; stops when dropped.
+    _reaper: Option<ReaperHandle>,
+}
+
+/// How often the PostgreSQL store's reaper runs, and how many rows it deletes per statement.
+const REAPER_PERIOD: Duration = Duration::from_secs(60);
+const REAPER_BATCH: u32 = 1000;
+
+/// Builds (and for network stores, connects and migrates) the store `spec` names. Connecting
+/// here makes a wrong URL fail at startup, not on the first request.
+pub async fn build_store(spec: &str, args: &StoreArgs) -> anyhow::Result<IdempotencyBackend> {
+    let (store, reaper) = match spec.parse::<StoreSpec>()? {
+        StoreSpec::Memory => {
+            let store = MemoryStore::builder()
+                .max_entries(args.idempotency_memory_max_entries)
+                .max_bytes(args.idempotency_memory_max_bytes)
+                .build();
+            (BoxStore::new(store), None)
+        }
+        StoreSpec::Redis(url) => {
+            let store = RedisStore::builder()
+                .prefix(args.idempotency_redis_prefix.clone())
+                .connect(&url)
+                .await
+                .context("cannot connect to the Redis idempotency store")?;
+            (BoxStore::new(store), None)
+        }
+        StoreSpec::RedisCluster(urls) => {
+            let store = RedisStore::builder()
+                .prefix(args.idempotency_redis_prefix.clone())
+                .connect_cluster(&urls)
+                .await
+                .context("cannot connect to the Redis Cluster idempotency store")?;
+            (BoxStore::new(store), None)
+        }
+        StoreSpec::Postgres(url) => {
+            let store = PostgresStore::builder()
+                .table(&args.idempotency_postgres_table)
+                .connect(&url)
+                .await
+                .context("cannot connect to the PostgreSQL idempotency store")?;
+            store
+                .migrate()
+                .await
+                .context("cannot create the PostgreSQL idempotency table")?;
+            let reaper = store.spawn_reaper(REAPER_PERIOD, REAPER_BATCH);
+            (BoxStore::new(store), Some(reaper))
+        }
+    };
+    Ok(IdempotencyBackend {
+        store,
+        _reaper: reaper,
+    })
 }
 
 /// The layer for `POST /api/deployments`: keys are per user (the auth layer runs first and
@@ -78,6 +151,8 @@ pub fn layer(state: &AppState) -> IdempotencyLayer<BoxStore> {
         })
         .methods([Method::POST])
         .ttl(state.settings.idempotency_ttl)
+        .lease(state.settings.idempotency_lease)
+        .with_handler_tasks(state.handler_tasks.clone())
         .max_request_body(state.settings.max_body_bytes)
         .problem_type_base(PROBLEM_TYPE_BASE)
         .problem_responder(render_problem)
@@ -115,9 +190,28 @@ mod tests {
     fn parses_specs() {
         assert_eq!("memory".parse::<StoreSpec>().unwrap(), StoreSpec::Memory);
         assert_eq!("memory://".parse::<StoreSpec>().unwrap(), StoreSpec::Memory);
-        let err = "redis://localhost".parse::<StoreSpec>().unwrap_err();
-        assert!(err.to_string().contains("not supported"), "{err}");
+        assert_eq!(
+            "redis://localhost:6379".parse::<StoreSpec>().unwrap(),
+            StoreSpec::Redis("redis://localhost:6379".to_owned())
+        );
+        assert_eq!(
+            "redis://a:7001, redis://b:7002"
+                .parse::<StoreSpec>()
+                .unwrap(),
+            StoreSpec::RedisCluster(vec![
+                "redis://a:7001".to_owned(),
+                "redis://b:7002".to_owned()
+            ])
+        );
+        assert!(matches!(
+            "postgres://u:secret@h/db".parse::<StoreSpec>().unwrap(),
+            StoreSpec::Postgres(_)
+        ));
+        let err = "redis://a:1,http://b".parse::<StoreSpec>().unwrap_err();
+        assert!(err.to_string().contains("redis:// URL"), "{err}");
         let err = "nonsense".parse::<StoreSpec>().unwrap_err();
         assert!(err.to_string().contains("expected `memory`"), "{err}");
+        let spec = "postgres://u:secret@h/db".parse::<StoreSpec>().unwrap();
+        assert!(!format!("{spec:?}").contains("secret"));
     }
 }

@@ -90,12 +90,14 @@ fn main() -> ExitCode {
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     telemetry::init_logging(config.log_format);
     let db = Db::connect(&config.database.database_url).await?;
-    let store = build_store(&config.idempotency_store).await?;
+    let idempotency = build_store(&config.idempotency_store, &config.store).await?;
     let settings = Settings {
         idempotency_ttl: config.idempotency_ttl,
+        idempotency_lease: config.idempotency_lease,
         max_body_bytes: config.max_body_bytes,
     };
-    let state = AppState::new(db.clone(), store).with_settings(settings);
+    let state = AppState::new(db.clone(), idempotency.store.clone()).with_settings(settings);
+    let handler_tasks = state.handler_tasks.clone();
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -111,10 +113,25 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("server error")?;
+    // Create handlers whose clients left run on; let them finish and store their responses,
+    // so their keys are not left to expire by the lease.
+    if tokio::time::timeout(SHUTDOWN_GRACE, handler_tasks.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            running = handler_tasks.running(),
+            "handlers still running after the shutdown grace period"
+        );
+    }
     tracing::info!("in-flight requests finished; shutting down");
+    drop(idempotency);
     db.close().await;
     Ok(())
 }
+
+/// How long shutdown waits for create handlers that outlived their clients.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (what orchestrators send); the server then stops
 /// accepting connections and lets in-flight requests finish.

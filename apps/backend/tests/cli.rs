@@ -21,6 +21,11 @@ fn backend() -> Command {
         "BACKEND_LISTEN",
         "IDEMPOTENCY_STORE",
         "IDEMPOTENCY_TTL",
+        "IDEMPOTENCY_LEASE",
+        "IDEMPOTENCY_REDIS_PREFIX",
+        "IDEMPOTENCY_POSTGRES_TABLE",
+        "IDEMPOTENCY_MEMORY_MAX_ENTRIES",
+        "IDEMPOTENCY_MEMORY_MAX_BYTES",
         "BACKEND_MAX_BODY_BYTES",
         "LOG_FORMAT",
     ] {
@@ -107,13 +112,40 @@ fn token_create_rejects_bad_user_ids() {
 #[test]
 fn unsupported_configuration_is_a_startup_error() {
     let output = backend()
-        .args(["serve", "--idempotency-store", "redis://localhost:6379"])
+        .args([
+            "serve",
+            "--idempotency-store",
+            "memcached://localhost:11211",
+        ])
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--idempotency-store"), "{stderr}");
-    assert!(stderr.contains("not supported"), "{stderr}");
+    assert!(stderr.contains("expected `memory`"), "{stderr}");
+
+    // A shared store that cannot be reached fails the start, not the first request.
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("x.db").display());
+    let started = Instant::now();
+    let output = backend()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &database,
+        ])
+        .args(["--idempotency-store", "redis://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot connect to the Redis idempotency store"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
 
     let output = backend()
         .args([
@@ -148,6 +180,11 @@ fn help_names_every_setting() {
         "IDEMPOTENCY_STORE",
         "--idempotency-ttl",
         "IDEMPOTENCY_TTL",
+        "IDEMPOTENCY_LEASE",
+        "IDEMPOTENCY_REDIS_PREFIX",
+        "IDEMPOTENCY_POSTGRES_TABLE",
+        "IDEMPOTENCY_MEMORY_MAX_ENTRIES",
+        "IDEMPOTENCY_MEMORY_MAX_BYTES",
         "--max-body-bytes",
         "BACKEND_MAX_BODY_BYTES",
         "--log-format",

@@ -315,6 +315,11 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
         self.config.tasks.clone()
     }
 
+    /// Counts this layer's handlers in `tasks`, e.g. one tracker shared by several layers.
+    pub fn with_handler_tasks(self, tasks: HandlerTasks) -> Self {
+        self.with(|c| c.tasks = tasks)
+    }
+
     /// The store, e.g. for readiness checks.
     pub fn store(&self) -> &St {
         &self.config.store
