@@ -13,6 +13,7 @@
 
 use std::{
     collections::VecDeque,
+    panic::AssertUnwindSafe,
     pin::Pin,
     sync::Arc,
     task::Poll,
@@ -23,7 +24,6 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, header, request::Parts};
 use http_body::Body;
 use http_body_util::BodyExt;
-use tokio::sync::oneshot;
 use tower::Service;
 use tracing::Instrument;
 
@@ -165,8 +165,9 @@ where
     .await
 }
 
-/// Runs the inner service on its own task, so that it finishes and its outcome is stored
-/// even if the caller goes away, then hands the answer back.
+/// Runs the inner service to completion and stores (or releases) its outcome, even if the
+/// caller goes away: the work is polled in the caller's task, and moved to a task of its own
+/// only if the caller's future is dropped first (the client disconnected).
 async fn execute<S, St, ReqBody, ResBody>(
     config: Arc<Config<St>>,
     mut inner: S,
@@ -184,7 +185,6 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
     request.extensions_mut().insert(key);
-    let (answer_tx, answer_rx) = oneshot::channel();
     let task_config = Arc::clone(&config);
     let running = config.tasks.start();
     let task = async move {
@@ -228,14 +228,73 @@ where
         };
         guard.disarm();
         record_outcome(Outcome::Executed);
-        // The caller may have gone away; the outcome is stored all the same.
-        let _ = answer_tx.send(answer);
+        answer
     };
-    tokio::spawn(task.in_current_span());
-    match answer_rx.await {
+    match DetachOnDrop::new(task.in_current_span()).await {
         Ok(answer) => answer,
-        // The task ended without answering: the handler panicked. The guard released the key.
-        Err(_) => Ok(reject(&config, ProblemKind::HandlerFailed)),
+        // The handler panicked; dropping its future released the key.
+        Err(Panicked) => Ok(reject(&config, ProblemKind::HandlerFailed)),
+    }
+}
+
+/// The work panicked while polled in the caller's task.
+struct Panicked;
+
+/// Polls `work` in place, and spawns it to run to completion if dropped before it finishes.
+///
+/// Running in place spares a task spawn and a channel per request; detaching on drop keeps
+/// the guarantee that a started request always finishes and stores its outcome.
+struct DetachOnDrop<F: Future + Send + 'static> {
+    work: Option<Pin<Box<F>>>,
+}
+
+impl<F: Future + Send + 'static> DetachOnDrop<F> {
+    fn new(work: F) -> Self {
+        Self {
+            work: Some(Box::pin(work)),
+        }
+    }
+}
+
+impl<F: Future + Send + 'static> Future for DetachOnDrop<F> {
+    type Output = Result<F::Output, Panicked>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let Some(work) = self.work.as_mut() else {
+            return Poll::Pending; // polled after completion: never resolves again
+        };
+        // A panicking handler must not take the connection down with it: catch it here, as
+        // the task boundary did when the handler ran on a task of its own.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => {
+                self.work = None;
+                Poll::Ready(Ok(output))
+            }
+            Err(_) => {
+                // Dropping the half-run work runs its guards: the key is released.
+                self.work = None;
+                Poll::Ready(Err(Panicked))
+            }
+        }
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for DetachOnDrop<F> {
+    fn drop(&mut self) {
+        let Some(work) = self.work.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                // Nobody is left to hear the answer; what matters is that it is stored. A panic
+                // there ends the task, and the work's guards release the key.
+                runtime.spawn(async move {
+                    drop(work.await);
+                });
+            }
+            Err(_) => tracing::error!("no runtime to finish a detached request on"),
+        }
     }
 }
 

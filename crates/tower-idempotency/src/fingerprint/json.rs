@@ -6,14 +6,19 @@
 //! order); integers as written (arbitrarily large ones exactly, `-0` as `0`); other numbers
 //! parsed to the nearest `f64` and written in Rust's shortest round-trip form.
 //!
-//! Unlike parsing into a `serde_json::Value`, nothing is allocated per string or per member:
-//! each object writes its members into one scratch buffer and sorts ranges of it.
+//! Unlike parsing into a `serde_json::Value`, nothing is allocated per string, member or
+//! object: everything is written to one output buffer, each object's members in input order;
+//! an object whose keys are out of order is then rewritten sorted, in place.
 
 /// Documents nested deeper than this are not canonicalised (their bytes are compared).
 pub(crate) const MAX_DEPTH: usize = 128;
 
 pub(crate) fn canonicalize(input: &[u8]) -> Option<Vec<u8>> {
-    let mut parser = Parser { input, pos: 0 };
+    let mut parser = Parser {
+        input,
+        pos: 0,
+        spans: Vec::new(),
+    };
     let mut out = Vec::with_capacity(input.len());
     parser.skip_whitespace();
     parser.value(&mut out, 0)?;
@@ -24,6 +29,9 @@ pub(crate) fn canonicalize(input: &[u8]) -> Option<Vec<u8>> {
 struct Parser<'a> {
     input: &'a [u8],
     pos: usize,
+    /// Members of the objects being parsed, innermost last: (key start, key end, value end)
+    /// as offsets into the output.
+    spans: Vec<(usize, usize, usize)>,
 }
 
 impl Parser<'_> {
@@ -74,45 +82,58 @@ impl Parser<'_> {
         }
         self.expect(b'{')?;
         self.skip_whitespace();
+        let start = out.len();
+        out.push(b'{');
         if self.peek()? == b'}' {
             self.pos += 1;
-            out.extend_from_slice(b"{}");
+            out.push(b'}');
             return Some(());
         }
-        // Members are written into `scratch` as `key` then `value`; `spans` remembers where.
-        let mut scratch = Vec::new();
-        let mut spans: Vec<(usize, usize, usize)> = Vec::new();
+        // Write the members as they come, `"key":value` separated by commas, remembering
+        // where each key and value lies.
+        let first_span = self.spans.len();
         loop {
             self.skip_whitespace();
             if self.peek()? != b'"' {
                 return None;
             }
-            let start = scratch.len();
-            self.string(&mut scratch)?;
-            let key_end = scratch.len();
+            let key_start = out.len();
+            self.string(out)?;
+            let key_end = out.len();
             self.skip_whitespace();
             self.expect(b':')?;
             self.skip_whitespace();
-            self.value(&mut scratch, depth)?;
-            spans.push((start, key_end, scratch.len()));
+            out.push(b':');
+            self.value(out, depth)?;
+            self.spans.push((key_start, key_end, out.len()));
             self.skip_whitespace();
             match self.bump()? {
-                b',' => {}
+                b',' => out.push(b','),
                 b'}' => break,
                 _ => return None,
             }
         }
-        spans.sort_by(|a, b| scratch[a.0..a.1].cmp(&scratch[b.0..b.1]));
-        out.push(b'{');
-        for (i, &(start, key_end, end)) in spans.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(&scratch[start..key_end]);
-            out.push(b':');
-            out.extend_from_slice(&scratch[key_end..end]);
-        }
         out.push(b'}');
+        let members = &mut self.spans[first_span..];
+        let key = |span: &(usize, usize, usize)| &out[span.0..span.1];
+        if !members.is_sorted_by(|a, b| key(a) <= key(b)) {
+            // A stable sort: duplicate keys keep their order.
+            members.sort_by(|a, b| key(a).cmp(key(b)));
+            // Emit the sorted object after the unsorted one, then move it into its place.
+            let end = out.len();
+            out.push(b'{');
+            for (i, &(key_start, key_end, value_end)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_within(key_start..key_end);
+                out.extend_from_within(key_end..value_end);
+            }
+            out.push(b'}');
+            out.copy_within(end.., start);
+            out.truncate(start + (out.len() - end));
+        }
+        self.spans.truncate(first_span);
         Some(())
     }
 
