@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! read body (limit → 413) → fingerprint → id = H(scope, key) → store.claim
-//!   Acquired  → run the inner service on its own task (lease renewed), then
+//!   Acquired  → run the inner service to completion, detached from the caller if it
+//!               disconnects (lease renewed), then
 //!               store the response (complete) or free the key (release), then answer
 //!   InFlight  → other fingerprint ? 422 : wait-and-retry the claim, or 409
 //!   Completed → other fingerprint ? 422 : replay with Idempotent-Replayed: true

@@ -310,7 +310,7 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
         self.with(|c| c.responder = Some(Arc::new(responder)))
     }
 
-    /// The handlers running on their own tasks, to wait for on shutdown.
+    /// The handlers this layer started (detached ones included), to wait for on shutdown.
     pub fn handler_tasks(&self) -> HandlerTasks {
         self.config.tasks.clone()
     }

@@ -67,7 +67,8 @@
 //!   other's responses, and the store holds neither keys nor user ids.
 //! - JSON bodies are fingerprinted canonically: whitespace and object-key order do not make a
 //!   retry "different". Other bodies compare byte for byte.
-//! - The handler runs on its own task: if the client disconnects, it still completes and its
+//! - A started handler always runs to completion: if the client disconnects, it moves to a
+//!   task of its own, completes, and its
 //!   response is stored, so the retry gets the result instead of a second execution.
 //! - Claims carry a lease (renewed while the handler runs) and a fencing token: a crashed
 //!   instance's claim expires, and a late owner can never overwrite a newer owner's record.

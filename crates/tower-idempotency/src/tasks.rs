@@ -10,9 +10,10 @@ use std::{
 
 use tokio::sync::Notify;
 
-/// The handlers the layer runs on their own tasks (so that they finish even when their
-/// client disconnects). A server's graceful shutdown waits for them after the connections
-/// have drained, so that no claim is left to expire by its lease.
+/// The handlers the layer has started and not finished, including those detached from a
+/// client that disconnected (they run on to store their outcome). A server's graceful
+/// shutdown waits for them after the connections have drained, so that no claim is left to
+/// expire by its lease.
 ///
 /// ```
 /// use tower_idempotency::{IdempotencyLayer, store::memory::MemoryStore};
