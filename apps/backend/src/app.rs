@@ -1,14 +1,17 @@
 //! The router: routes, middleware order, fallbacks.
 
-use std::{any::Any, sync::Arc, time::Duration};
+use std::{any::Any, future::poll_fn, pin::Pin, sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    extract::DefaultBodyLimit,
-    middleware,
+    body::{Body, Bytes, HttpBody as _},
+    extract::{DefaultBodyLimit, Request, State},
+    http::header,
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use bytes::BytesMut;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::{
     catch_panic::CatchPanicLayer,
@@ -20,7 +23,10 @@ use tracing::Level;
 use crate::{
     api::{deployments, health},
     auth,
-    config::{DEFAULT_IDEMPOTENCY_LEASE, DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_BODY_BYTES},
+    config::{
+        DEFAULT_IDEMPOTENCY_LEASE, DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_BODY_BYTES,
+        DEFAULT_REQUEST_TIMEOUT,
+    },
     db::Db,
     error::AppError,
     idempotency, telemetry,
@@ -35,6 +41,8 @@ pub struct Settings {
     pub idempotency_lease: Duration,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Longest time to receive a request body; slower uploads get 408.
+    pub request_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -43,6 +51,7 @@ impl Default for Settings {
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
             idempotency_lease: DEFAULT_IDEMPOTENCY_LEASE,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -93,14 +102,16 @@ impl AppState {
 /// The whole HTTP API.
 ///
 /// Middleware, outermost first: panic catcher, request tracing, body limit; then per route:
-/// authentication, then (only on `POST /api/deployments`) the idempotency layer, so a key is
-/// always scoped to an authenticated user and unauthenticated requests never touch the store.
+/// authentication, then (only on `POST /api/deployments`) the body reader (time and size
+/// limits) and the idempotency layer, so a key is always scoped to an authenticated user,
+/// unauthenticated requests never touch the store, and a stalled upload never claims a key.
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route(
             "/api/deployments",
             post(deployments::create)
                 .layer(idempotency::layer(&state))
+                .layer(middleware::from_fn_with_state(state.clone(), read_body))
                 .get(deployments::list),
         )
         .route("/api/deployments/{id}", get(deployments::show))
@@ -127,6 +138,76 @@ pub fn app(state: AppState) -> Router {
         )
         .layer(catch_panic_layer())
         .with_state(state)
+}
+
+/// Receives the whole request body before the idempotency layer and the handler see it:
+/// within [`Settings::request_timeout`] (a slow or stalled client gets 408 instead of holding
+/// a connection and a task forever) and within [`Settings::max_body_bytes`] (413). Either
+/// way nothing was executed and no idempotency key was claimed.
+async fn read_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (parts, mut body) = request.into_parts();
+    let limit = state.settings.max_body_bytes;
+    let deadline = tokio::time::Instant::now() + state.settings.request_timeout;
+    match tokio::time::timeout_at(deadline, read_limited(&mut body, limit)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(AppError::PayloadTooLarge)) => {
+            // Closing a socket with unread data resets it, and a client still sending then
+            // sees a broken connection instead of the 413 (and retries). Read and discard a
+            // moderate excess first, within the deadline, as servers do with a "lingering
+            // close"; not for a client that waits for `100 Continue` before sending.
+            let expects_continue = parts
+                .headers
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            if !expects_continue {
+                let cap = limit.saturating_mul(DRAIN_FACTOR);
+                let _ = tokio::time::timeout_at(deadline, drain(&mut body, cap)).await;
+            }
+            AppError::PayloadTooLarge.into_response()
+        }
+        Ok(Err(error)) => error.into_response(),
+        Err(_elapsed) => AppError::RequestTimeout.into_response(),
+    }
+}
+
+/// An oversized body is drained (discarded) up to this many times the limit before the 413.
+const DRAIN_FACTOR: usize = 16;
+
+async fn read_limited(body: &mut Body, limit: usize) -> Result<Bytes, AppError> {
+    // A declared length over the limit is refused before reading a byte.
+    if body.size_hint().lower() > limit as u64 {
+        return Err(AppError::PayloadTooLarge);
+    }
+    let mut bytes = BytesMut::new();
+    while let Some(frame) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+        let frame = frame.map_err(|_| {
+            AppError::MalformedBody("The request body could not be read.".to_owned())
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > limit {
+                return Err(AppError::PayloadTooLarge);
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(bytes.freeze())
+}
+
+/// Reads and discards the rest of `body`, unless it is (or is declared) longer than `cap`.
+async fn drain(body: &mut Body, cap: usize) {
+    if body.size_hint().lower() > cap as u64 {
+        return;
+    }
+    let mut drained = 0usize;
+    while let Some(Ok(frame)) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+        drained += frame.data_ref().map_or(0, Bytes::len);
+        if drained > cap {
+            return;
+        }
+    }
 }
 
 async fn not_found() -> AppError {

@@ -13,6 +13,9 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://backend.db";
 /// Default request body limit: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// Default time limit for receiving a request body: 30 seconds.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Default replay window of an idempotency key: 24 hours.
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -99,6 +102,17 @@ pub struct ServeConfig {
         value_name = "BYTES"
     )]
     pub max_body_bytes: usize,
+
+    /// Longest time a client may take to send a request body, e.g. `30s`, `500ms`. A slower
+    /// (or stalled) upload gets 408 and is not executed, so its Idempotency-Key stays free.
+    #[arg(
+        long,
+        env = "BACKEND_REQUEST_TIMEOUT",
+        default_value = "30s",
+        value_parser = parse_request_timeout,
+        value_name = "DURATION"
+    )]
+    pub request_timeout: Duration,
 
     /// Log format on stderr: `pretty` for people, `json` for log collectors. Filter with
     /// `RUST_LOG` (default `info`).
@@ -188,6 +202,14 @@ fn parse_lease(value: &str) -> Result<Duration, String> {
     Ok(lease)
 }
 
+fn parse_request_timeout(value: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if timeout < Duration::from_millis(100) {
+        return Err("must be at least 100ms".to_owned());
+    }
+    Ok(timeout)
+}
+
 fn parse_body_limit(value: &str) -> Result<usize, String> {
     let bytes: usize = value.parse().map_err(|e| format!("{e}"))?;
     if bytes == 0 {
@@ -206,6 +228,20 @@ mod tests {
         assert_eq!(parse_ttl("90s").unwrap(), Duration::from_secs(90));
         assert!(parse_ttl("0s").is_err());
         assert!(parse_ttl("soon").is_err());
+    }
+
+    #[test]
+    fn request_timeouts() {
+        assert_eq!(
+            parse_request_timeout("30s").unwrap(),
+            DEFAULT_REQUEST_TIMEOUT
+        );
+        assert_eq!(
+            parse_request_timeout("500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert!(parse_request_timeout("10ms").is_err());
+        assert!(parse_request_timeout("never").is_err());
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub enum AppError {
     UnsupportedContentType,
     /// 400: a query parameter is invalid.
     InvalidParameter(Vec<FieldError>),
+    /// 408: the body did not arrive within the configured time.
+    RequestTimeout,
     /// 413: the body exceeds the configured limit.
     PayloadTooLarge,
     /// 422: one or more body fields are invalid.
@@ -108,6 +110,7 @@ impl AppError {
             Self::InvalidParameter(_) => "invalid-parameter",
             // The idempotency layer's slug for the same condition.
             Self::PayloadTooLarge => "request-too-large",
+            Self::RequestTimeout => "request-timeout",
             Self::Validation(_) => "validation-failed",
             // Must equal the layer's slug: the database guard reports the same condition.
             Self::KeyReused => "key-reused",
@@ -127,6 +130,7 @@ impl AppError {
                 StatusCode::BAD_REQUEST
             }
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Validation(_) | Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotReady(_) | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -142,6 +146,7 @@ impl AppError {
             Self::UnsupportedContentType => "Unsupported content type",
             Self::InvalidParameter(_) => "Invalid query parameter",
             Self::PayloadTooLarge => ProblemKind::RequestTooLarge.title(),
+            Self::RequestTimeout => "Request body timeout",
             Self::Validation(_) => "Invalid deployment",
             Self::KeyReused => ProblemKind::KeyReused.title(),
             Self::NotReady(_) => "Service not ready",
@@ -172,6 +177,9 @@ impl AppError {
             Self::PayloadTooLarge => {
                 "The request body exceeds the size limit; the request was not executed.".to_owned()
             }
+            Self::RequestTimeout => "The request body did not arrive in time; the request was \
+                                     not executed. Retry it (with the same Idempotency-Key)."
+                .to_owned(),
             Self::Validation(errors) => match errors.len() {
                 1 => "The request body has 1 invalid field.".to_owned(),
                 n => format!("The request body has {n} invalid fields."),
@@ -243,6 +251,10 @@ impl IntoResponse for AppError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 );
+            }
+            // RFC 9110 §15.5.9: the server closes the connection after a 408.
+            Self::RequestTimeout => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Self::NotReady(_) | Self::DatabaseUnavailable(_) => {
                 headers.insert(

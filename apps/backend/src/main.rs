@@ -95,6 +95,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         idempotency_ttl: config.idempotency_ttl,
         idempotency_lease: config.idempotency_lease,
         max_body_bytes: config.max_body_bytes,
+        request_timeout: config.request_timeout,
     };
     let state = AppState::new(db.clone(), idempotency.store.clone()).with_settings(settings);
     let handler_tasks = state.handler_tasks.clone();
@@ -107,6 +108,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         idempotency_store = %config.idempotency_store,
         idempotency_ttl = %humantime::format_duration(config.idempotency_ttl),
         max_body_bytes = config.max_body_bytes,
+        request_timeout = %humantime::format_duration(config.request_timeout),
         "listening"
     );
     axum::serve(listener, app(state))

@@ -21,9 +21,9 @@ use crate::api::{deployments, health};
             `https://deployments.example.com/problems/<slug>`; match on `type`, not on \
             `title` or `detail`. Slugs: `unauthenticated`, `not-found`, \
             `method-not-allowed`, `malformed-body`, `unsupported-content-type`, \
-            `invalid-parameter`, `request-too-large`, `validation-failed`, `not-ready`, \
-            `database-unavailable`, `internal-error`, and those of idempotent requests: \
-            `key-invalid`, `key-in-use`, `key-reused`, `scope-missing`, \
+            `invalid-parameter`, `request-timeout`, `request-too-large`, `validation-failed`, \
+            `not-ready`, `database-unavailable`, `internal-error`, and those of idempotent \
+            requests: `key-invalid`, `key-in-use`, `key-reused`, `scope-missing`, \
             `request-unreadable`, `response-not-kept`, `store-unavailable`, `store-full`, \
             `handler-failed`, `record-corrupt`.",
         license(name = "MIT OR Apache-2.0"),

@@ -109,6 +109,9 @@ impl Deployment {
 
 /// The body of `POST /api/deployments`. Unknown members are rejected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+// The handler validates by hand (`from_json`); this makes the schema say what it enforces
+// (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({
     "project": "billing-api",
     "environment": "production",
@@ -132,11 +135,16 @@ pub struct CreateDeployment {
     pub environment: String,
     /// Git ref or image to deploy: 1-255 characters, no whitespace or control characters.
     #[serde(rename = "ref")]
-    #[schema(min_length = 1, max_length = 255)]
+    // The pattern: no Unicode whitespace (`char::is_whitespace`), no control character.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$"
+    )]
     pub git_ref: String,
-    /// Optional free text, at most 1000 characters.
+    /// Optional free text, at most 1000 characters, no NUL.
     #[serde(default)]
-    #[schema(max_length = 1000)]
+    #[schema(max_length = 1000, pattern = r"^[^\u0000]*$")]
     pub description: Option<String>,
 }
 
@@ -157,14 +165,13 @@ impl CreateDeployment {
             .filter(|v| check(v, "ref", validate_ref, &mut errors));
         let description = match members.remove("description") {
             None | Some(Value::Null) => Some(None),
-            Some(Value::String(text)) if text.chars().count() > DESCRIPTION_MAX => {
-                errors.push(FieldError::new(
-                    "description",
-                    format!("must be at most {DESCRIPTION_MAX} characters"),
-                ));
-                None
-            }
-            Some(Value::String(text)) => Some(Some(text)),
+            Some(Value::String(text)) => match validate_description(&text) {
+                Ok(()) => Some(Some(text)),
+                Err(message) => {
+                    errors.push(FieldError::new("description", message));
+                    None
+                }
+            },
             Some(_) => {
                 errors.push(FieldError::new("description", "must be a string or null"));
                 None
@@ -261,6 +268,18 @@ fn validate_ref(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn validate_description(value: &str) -> Result<(), String> {
+    if value.chars().count() > DESCRIPTION_MAX {
+        return Err(format!("must be at most {DESCRIPTION_MAX} characters"));
+    }
+    // Valid JSON (`\u0000`), but PostgreSQL text cannot store it: refuse it on every
+    // database alike instead of failing the insert.
+    if value.contains('\0') {
+        return Err("must not contain NUL characters".to_owned());
+    }
+    Ok(())
+}
+
 /// 201 with the deployment and its `Location`. `replayed` marks an answer that the
 /// database guard produced for a repeated key.
 fn created(record: &DeploymentRecord, replayed: bool) -> Result<Response, AppError> {
@@ -306,6 +325,8 @@ fn created(record: &DeploymentRecord, replayed: bool) -> Result<Response, AppErr
             Header,
             nullable = false,
             max_length = 512,
+            // A bare token (visible ASCII but `"` and `,`) or a Structured-Field string.
+            pattern = r#"^([\x21\x23-\x2b\x2d-\x7e]{1,255}|"([\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\]){1,255}")$"#,
             description = "Makes the request safe to retry. A Structured-Field string \
                 (`\"8e03978e-40d5-43e8-bc93-6894a57f9324\"`, RFC 8941) or the bare token \
                 (`8e03978e-40d5-43e8-bc93-6894a57f9324`); both name the same key. 1-255 \
@@ -370,6 +391,14 @@ fn created(record: &DeploymentRecord, replayed: bool) -> Result<Response, AppErr
             body = ProblemDetails,
             content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying.")),
+        ),
+        (
+            status = 408,
+            description = "The body did not arrive within the time limit (`request-timeout`, \
+                default 30 s). Nothing was executed and the Idempotency-Key stays free: retry \
+                with the same key.",
+            body = ProblemDetails,
+            content_type = "application/problem+json",
         ),
         (
             status = 413,
@@ -463,6 +492,7 @@ pub struct ListParams {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page; omit for the first page.
+    #[param(min_length = 1, pattern = r"^[A-Za-z0-9_-]+$")]
     pub cursor: Option<String>,
 }
 
@@ -622,10 +652,14 @@ pub async fn show(
     Extension(user): Extension<AuthUser>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Deployment>, AppError> {
-    // An id that does not even decode cannot exist.
+    // An id that does not even decode cannot exist, nor can one with a NUL (which
+    // PostgreSQL would refuse as a query parameter).
     let Ok(Path(id)) = id else {
         return Err(AppError::NotFound("deployment"));
     };
+    if id.contains('\0') {
+        return Err(AppError::NotFound("deployment"));
+    }
     // Another user's deployment is indistinguishable from a missing one: ids leak nothing.
     let record = state
         .db
@@ -690,6 +724,16 @@ mod tests {
         assert!(validate_slug(&"a".repeat(63)).is_ok());
         for bad in ["", "A", "a_b", "a-", "-a", "é", &"a".repeat(64)] {
             assert!(validate_slug(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn description_rules() {
+        assert!(validate_description("").is_ok());
+        assert!(validate_description("two\nlines\tand a tab").is_ok());
+        assert!(validate_description(&"é".repeat(1000)).is_ok());
+        for bad in ["a\0b", "\0", &"x".repeat(1001)] {
+            assert!(validate_description(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -126,7 +126,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     tag = "operations",
     operation_id = "openapi",
     summary = "OpenAPI description of this API",
-    responses((status = 200, description = "This document.", body = String, content_type = "application/yaml")),
+    responses((
+        status = 200,
+        description = "This document: an OpenAPI 3.1 object, as YAML.",
+        body = Object,
+        content_type = "application/yaml"
+    )),
 )]
 pub async fn openapi_yaml() -> Result<Response, AppError> {
     let yaml = openapi::yaml().map_err(|e| AppError::Internal(e.to_string()))?;

@@ -1,5 +1,7 @@
 //! HTTP handlers and the request/response types they share.
 
+use std::fmt;
+
 pub mod deployments;
 pub mod health;
 
@@ -8,7 +10,11 @@ use axum::{
     extract::{FromRequest, Request},
     http::{HeaderMap, StatusCode, header},
 };
-use serde_json::Value;
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, MapAccess, SeqAccess, Visitor},
+};
+use serde_json::{Map, Number, Value};
 
 use crate::error::AppError;
 
@@ -33,9 +39,84 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                     StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge,
                     _ => AppError::MalformedBody("The request body could not be read.".to_owned()),
                 })?;
-        serde_json::from_slice(&bytes).map(Self).map_err(|error| {
-            AppError::MalformedBody(format!("The request body is not valid JSON: {error}."))
-        })
+        serde_json::from_slice::<StrictValue>(&bytes)
+            .map(|StrictValue(value)| Self(value))
+            .map_err(|error| {
+                AppError::MalformedBody(format!("The request body is not valid JSON: {error}."))
+            })
+    }
+}
+
+/// A JSON value whose objects have unique member names. `serde_json::Value` keeps the last
+/// of duplicate members, other parsers the first: a document with duplicates means different
+/// things to different readers (and to the idempotency fingerprint, which keeps both), so it
+/// is refused (RFC 8259 §4, RFC 7493 §2.3). serde_json's nesting limit still applies.
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Self)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(StrictValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut members = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if members.contains_key(&name) {
+                return Err(de::Error::custom(format_args!(
+                    "duplicate member `{}`",
+                    name.escape_debug()
+                )));
+            }
+            let StrictValue(value) = map.next_value()?;
+            members.insert(name, value);
+        }
+        Ok(Value::Object(members))
     }
 }
 
@@ -74,5 +155,31 @@ mod tests {
         assert!(!with("text/plain"));
         assert!(!with("application/jsonx"));
         assert!(!is_json(&HeaderMap::new()));
+    }
+
+    fn strict(json: &str) -> Result<Value, serde_json::Error> {
+        serde_json::from_str::<StrictValue>(json).map(|StrictValue(v)| v)
+    }
+
+    #[test]
+    fn duplicate_members_are_refused_at_any_depth() {
+        let value = strict(r#"{"a":[1,-2,3.5,"x",null,true,{"b":{}}],"c":{"a":1}}"#).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"a":[1,-2,3.5,"x",null,true,{"b":{}}],"c":{"a":1}})
+        );
+        for bad in [
+            r#"{"a":1,"a":1}"#,
+            r#"{"a":1,"\u0061":2}"#,
+            r#"[{"x":{"y":1,"y":2}}]"#,
+        ] {
+            let error = strict(bad).unwrap_err();
+            assert!(
+                error.to_string().contains("duplicate member"),
+                "{bad}: {error}"
+            );
+        }
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(strict(&deep).is_err(), "the nesting limit still applies");
     }
 }
