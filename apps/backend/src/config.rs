@@ -114,6 +114,17 @@ pub struct ServeConfig {
     )]
     pub request_timeout: Duration,
 
+    /// Longest time a client may take to send its request headers; the connection is closed
+    /// after it (a stalled client must not hold a connection forever).
+    #[arg(
+        long,
+        env = "BACKEND_HEADER_TIMEOUT",
+        default_value = "30s",
+        value_parser = parse_request_timeout,
+        value_name = "DURATION"
+    )]
+    pub header_timeout: Duration,
+
     /// Log format on stderr: `pretty` for people, `json` for log collectors. Filter with
     /// `RUST_LOG` (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]

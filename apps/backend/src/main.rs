@@ -11,6 +11,11 @@ use backend::{
     telemetry,
 };
 use clap::{Parser, Subcommand};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto::Builder as ConnectionBuilder, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
 use tokio::net::TcpListener;
 
 /// Deployments API server.
@@ -111,10 +116,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         request_timeout = %humantime::format_duration(config.request_timeout),
         "listening"
     );
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server error")?;
+    serve_connections(listener, app(state), config.header_timeout).await;
     // Create handlers whose clients left run on; let them finish and store their responses,
     // so their keys are not left to expire by the lease.
     if tokio::time::timeout(SHUTDOWN_GRACE, handler_tasks.wait_idle())
@@ -130,6 +132,55 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     drop(idempotency);
     db.close().await;
     Ok(())
+}
+
+/// Serves HTTP/1.1 and HTTP/2 connections until SIGINT or SIGTERM, then lets the open
+/// connections finish their requests. Unlike `axum::serve`, it gives hyper a timer, which
+/// hyper needs to close connections whose headers do not arrive within `header_timeout`.
+async fn serve_connections(
+    listener: TcpListener,
+    router: axum::Router,
+    header_timeout: std::time::Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut builder = ConnectionBuilder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(error = %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the shutdown grace period");
+    }
 }
 
 /// How long shutdown waits for create handlers that outlived their clients.

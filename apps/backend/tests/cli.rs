@@ -22,6 +22,8 @@ fn backend() -> Command {
         "IDEMPOTENCY_STORE",
         "IDEMPOTENCY_TTL",
         "IDEMPOTENCY_LEASE",
+        "BACKEND_REQUEST_TIMEOUT",
+        "BACKEND_HEADER_TIMEOUT",
         "IDEMPOTENCY_REDIS_PREFIX",
         "IDEMPOTENCY_POSTGRES_TABLE",
         "IDEMPOTENCY_MEMORY_MAX_ENTRIES",
@@ -181,6 +183,8 @@ fn help_names_every_setting() {
         "--idempotency-ttl",
         "IDEMPOTENCY_TTL",
         "IDEMPOTENCY_LEASE",
+        "BACKEND_REQUEST_TIMEOUT",
+        "BACKEND_HEADER_TIMEOUT",
         "IDEMPOTENCY_REDIS_PREFIX",
         "IDEMPOTENCY_POSTGRES_TABLE",
         "IDEMPOTENCY_MEMORY_MAX_ENTRIES",
@@ -253,4 +257,49 @@ async fn serves_until_sigterm() {
         serde_json::from_str::<serde_json::Value>(line)
             .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
     }
+}
+
+/// A client that never finishes its request headers is disconnected after the header
+/// timeout, instead of holding a connection forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("x.db").display());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = backend()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--database-url", &database, "--header-timeout", "1s"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut stream = loop {
+        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(stream) => break stream,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("backend did not start: {e}"),
+        }
+    };
+    stream
+        .write_all(b"POST /api/deployments HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(read.is_ok(), "the connection was still open after 10 s");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed before the timeout"
+    );
 }
