@@ -33,6 +33,10 @@ use crate::Fingerprint;
 /// allocator slack, rounded up. Keeps the byte budget honest for small responses.
 const RECORD_OVERHEAD: usize = 128;
 
+/// Fewest entries a shard is given: keys spread over shards unevenly (by about the square
+/// root of a shard's share), and a shard that fills first refuses keys while others have room.
+pub const MIN_ENTRIES_PER_SHARD: usize = 256;
+
 /// Expired heap items reclaimed per operation at most, so no single request pays for a
 /// large batch of expiries.
 const RECLAIM_BATCH: usize = 64;
@@ -100,7 +104,9 @@ impl MemoryStoreBuilder {
     }
 
     /// Number of independently locked shards, rounded up to a power of two (default 64).
-    /// The budget is split evenly between them.
+    /// The budget is split evenly between them; a small budget gets fewer shards (at least
+    /// [`MIN_ENTRIES_PER_SHARD`] entries each), so that uneven filling cannot refuse keys
+    /// long before the whole budget is used.
     pub fn shards(mut self, n: usize) -> Self {
         self.shards = n;
         self
@@ -108,7 +114,8 @@ impl MemoryStoreBuilder {
 
     /// Builds the store.
     pub fn build(self) -> MemoryStore {
-        let shards = self.shards.clamp(1, 4096).next_power_of_two();
+        let by_budget = (self.max_entries / MIN_ENTRIES_PER_SHARD).max(1);
+        let shards = self.shards.clamp(1, 4096).min(by_budget).next_power_of_two();
         let budget = Budget {
             entries: self.max_entries.div_ceil(shards).max(1),
             bytes: self.max_bytes.div_ceil(shards).max(RECORD_OVERHEAD),
@@ -558,6 +565,13 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), StoreErrorKind::CapacityExhausted);
+    }
+
+    #[test]
+    fn small_budgets_get_fewer_shards() {
+        assert_eq!(MemoryStore::builder().max_entries(2000).build().shards.len(), 8);
+        assert_eq!(MemoryStore::builder().max_entries(100).build().shards.len(), 1);
+        assert_eq!(MemoryStore::default().shards.len(), 64);
     }
 
     #[tokio::test]

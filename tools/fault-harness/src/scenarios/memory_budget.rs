@@ -24,14 +24,15 @@ use crate::{
 const NAME: &str = "memory-budget";
 const MAX_ENTRIES: usize = 2_000;
 const MAX_BYTES: usize = 2_000_000;
-/// The memory store splits its budget over 64 shards, rounding up: at most
-/// 64 × ⌈2000 / 64⌉ = 2048 records.
-const SHARDS: usize = 64;
+/// The memory store splits its budget over its shards, rounding up; a budget this small gets
+/// 8 shards (at least 256 entries each, `MIN_ENTRIES_PER_SHARD`): at most 8 × ⌈2000 / 8⌉ =
+/// 2000 records.
+const SHARDS: usize = 8;
 const WARM_UP: usize = 200;
 const CONCURRENCY: usize = 16;
 /// RSS may grow by at most this over the instance's idle baseline. The store's own budget is
 /// 2 MB of responses plus 128 bytes charged per record (already in the 2 MB); its maps and
-/// heaps at 2,048 records are well under 1 MiB; request and connection buffers for 16
+/// heaps at 2,000 records are well under 1 MiB; request and connection buffers for 16
 /// concurrent clients, the database pool (16 connections) and allocator slack add a few MiB.
 /// 32 MiB leaves room for allocator behaviour while catching any growth per key: 5,000
 /// (quick) to 50,000 (soak) flooded keys at even 1 KiB retained each would exceed it.
@@ -211,7 +212,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
         ),
     );
     report.check(
-        format!("no more keys accepted than the budget holds ({max_records} = 64 shards × ⌈{MAX_ENTRIES}/64⌉)"),
+        format!("no more keys accepted than the budget holds ({max_records} = {SHARDS} shards × ⌈{MAX_ENTRIES}/{SHARDS}⌉)"),
         accepted.len() <= max_records,
         format!("{} accepted", accepted.len()),
     );
