@@ -115,7 +115,11 @@ impl MemoryStoreBuilder {
     /// Builds the store.
     pub fn build(self) -> MemoryStore {
         let by_budget = (self.max_entries / MIN_ENTRIES_PER_SHARD).max(1);
-        let shards = self.shards.clamp(1, 4096).min(by_budget).next_power_of_two();
+        let shards = self
+            .shards
+            .clamp(1, 4096)
+            .min(by_budget)
+            .next_power_of_two();
         let budget = Budget {
             entries: self.max_entries.div_ceil(shards).max(1),
             bytes: self.max_bytes.div_ceil(shards).max(RECORD_OVERHEAD),
@@ -569,8 +573,18 @@ mod tests {
 
     #[test]
     fn small_budgets_get_fewer_shards() {
-        assert_eq!(MemoryStore::builder().max_entries(2000).build().shards.len(), 8);
-        assert_eq!(MemoryStore::builder().max_entries(100).build().shards.len(), 1);
+        assert_eq!(
+            MemoryStore::builder()
+                .max_entries(2000)
+                .build()
+                .shards
+                .len(),
+            8
+        );
+        assert_eq!(
+            MemoryStore::builder().max_entries(100).build().shards.len(),
+            1
+        );
         assert_eq!(MemoryStore::default().shards.len(), 64);
     }
 
