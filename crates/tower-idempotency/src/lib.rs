@@ -108,6 +108,7 @@ pub mod metrics;
 mod policy;
 pub mod problem;
 mod record;
+mod scope;
 mod service;
 pub mod store;
 mod tasks;
@@ -119,8 +120,9 @@ pub use self::{
     fingerprint::Fingerprint,
     future::ResponseFuture,
     key::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyKey, KeyError, MAX_KEY_LEN},
-    layer::{IdempotencyLayer, InFlightPolicy, Scope, StoreFailurePolicy},
+    layer::{IdempotencyLayer, InFlightPolicy, StoreFailurePolicy},
     policy::store_success_and_redirects,
+    scope::Scope,
     service::Idempotency,
     tasks::HandlerTasks,
 };

@@ -36,6 +36,7 @@ trait DynStore: Send + Sync + 'static {
         token: FencingToken,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     fn check(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn max_record_bytes(&self) -> Option<usize>;
 }
 
 impl<T: IdempotencyStore> DynStore for T {
@@ -73,6 +74,9 @@ impl<T: IdempotencyStore> DynStore for T {
     }
     fn check(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(IdempotencyStore::check(self))
+    }
+    fn max_record_bytes(&self) -> Option<usize> {
+        IdempotencyStore::max_record_bytes(self)
     }
 }
 
@@ -131,5 +135,8 @@ impl IdempotencyStore for BoxStore {
     }
     fn check(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         self.0.check()
+    }
+    fn max_record_bytes(&self) -> Option<usize> {
+        self.0.max_record_bytes()
     }
 }

@@ -25,6 +25,14 @@
 //!    keys or user ids.
 //! 6. **One error type.** Backend failures map to [`StoreError`]; an unreachable backend is
 //!    [`StoreErrorKind::Unavailable`], so the layer can fail closed (503) or open.
+//! 7. **A claim can always be completed.** A store with a capacity limit reserves, when it
+//!    hands out [`Claim::Acquired`], room for a record of [`RESERVED_RECORD_BYTES`]: a
+//!    `complete` of at most that many bytes by the owner never fails for lack of room. The
+//!    layer relies on it to record that a request ran (status and headers, body not kept)
+//!    when the full response does not fit, so that a retry never executes it again. A store
+//!    that can refuse larger records outright says so in
+//!    [`max_record_bytes`](IdempotencyStore::max_record_bytes), and the layer refuses a
+//!    configuration whose responses could never fit.
 //!
 //! [`testing`](crate::testing) holds a conformance suite that checks all of this against any
 //! implementation (feature `test-suite`).
@@ -41,6 +49,10 @@ use sha2::{Digest, Sha256};
 pub use self::dyn_store::BoxStore;
 pub use self::error::{StoreError, StoreErrorKind};
 use crate::{Fingerprint, IdempotencyKey};
+
+/// Room a capacity-limited store reserves with every claim (see guarantee 7 above): enough
+/// for a record of the status and a few headers of a response whose body is not kept.
+pub const RESERVED_RECORD_BYTES: usize = 1024;
 
 /// The identity of one record: SHA-256 over the scope (e.g. the user) and the key.
 ///
@@ -191,6 +203,13 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     fn check(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         async { Ok(()) }
     }
+
+    /// The largest encoded response this store could ever keep, if it has such a limit (an
+    /// in-memory budget). The layer checks its response limit against it when it is built.
+    /// Defaults to `None`: no limit of its own.
+    fn max_record_bytes(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl<T: IdempotencyStore> IdempotencyStore for std::sync::Arc<T> {
@@ -232,6 +251,10 @@ impl<T: IdempotencyStore> IdempotencyStore for std::sync::Arc<T> {
 
     fn check(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).check()
+    }
+
+    fn max_record_bytes(&self) -> Option<usize> {
+        (**self).max_record_bytes()
     }
 }
 
