@@ -11,6 +11,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -95,7 +96,7 @@ pin_project! {
     #[project = ResponseInnerProj]
     #[derive(Debug)]
     enum ResponseInner<B> {
-        Full { data: Option<Bytes> },
+        Full { data: Option<Bytes>, trailers: Option<HeaderMap> },
         Inner { #[pin] body: B },
         Prefixed { prefix: VecDeque<Bytes>, rest: Pin<Box<B>> },
     }
@@ -104,9 +105,15 @@ pin_project! {
 impl<B> ResponseBody<B> {
     /// A body held in memory (a replay, a problem, a stored response).
     pub(crate) fn full(data: Bytes) -> Self {
+        Self::full_with_trailers(data, None)
+    }
+
+    /// A body held in memory, followed by its trailers.
+    pub(crate) fn full_with_trailers(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self {
             inner: ResponseInner::Full {
                 data: (!data.is_empty()).then_some(data),
+                trailers,
             },
         }
     }
@@ -138,9 +145,12 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().inner.project() {
-            ResponseInnerProj::Full { data } => {
-                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
-            }
+            ResponseInnerProj::Full { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
             ResponseInnerProj::Inner { body } => body.poll_frame(cx),
             ResponseInnerProj::Prefixed { prefix, rest } => match prefix.pop_front() {
                 Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
@@ -151,7 +161,7 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            ResponseInner::Full { data } => data.is_none(),
+            ResponseInner::Full { data, trailers } => data.is_none() && trailers.is_none(),
             ResponseInner::Inner { body } => body.is_end_stream(),
             ResponseInner::Prefixed { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
         }
@@ -159,7 +169,7 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            ResponseInner::Full { data } => exact(data.as_ref()),
+            ResponseInner::Full { data, .. } => exact(data.as_ref()),
             ResponseInner::Inner { body } => body.size_hint(),
             ResponseInner::Prefixed { prefix, rest } => {
                 let buffered: u64 = prefix.iter().map(|c| c.len() as u64).sum();
@@ -194,6 +204,19 @@ mod tests {
         assert_eq!(body.size_hint().exact(), Some(3));
         let bytes = body.collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"abc");
+    }
+
+    #[tokio::test]
+    async fn full_body_ends_with_its_trailers() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", http::HeaderValue::from_static("abc"));
+        let body = ResponseBody::<Full<Bytes>>::full_with_trailers(
+            Bytes::from_static(b"data"),
+            Some(trailers.clone()),
+        );
+        let collected = body.collect().await.unwrap();
+        assert_eq!(collected.trailers(), Some(&trailers));
+        assert_eq!(&collected.to_bytes()[..], b"data");
     }
 
     #[tokio::test]

@@ -14,6 +14,16 @@ use crate::{
     tasks::HandlerTasks,
 };
 
+/// Longest lease accepted; longer ones are clamped (a claim outliving its owner by more than
+/// a day helps nobody, and stores must be able to express it).
+pub const MAX_LEASE: Duration = Duration::from_secs(24 * 60 * 60);
+/// Shortest lease accepted; shorter ones are raised to it.
+pub const MIN_LEASE: Duration = Duration::from_millis(30);
+/// Longest TTL accepted; longer ones are clamped.
+pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+/// Longest wait of [`InFlightPolicy::Wait`] and longest `Retry-After`; longer ones are clamped.
+pub const MAX_WAIT: Duration = Duration::from_secs(60 * 60);
+
 /// What a request with a key gets while the first request with that key is still running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InFlightPolicy {
@@ -44,6 +54,46 @@ pub enum StoreFailurePolicy {
     /// only if the handler has its own guard against duplicates.
     FailOpen,
 }
+
+impl InFlightPolicy {
+    fn clamped(self) -> Self {
+        match self {
+            Self::Reject { retry_after } => Self::Reject {
+                retry_after: retry_after.min(MAX_WAIT),
+            },
+            Self::Wait {
+                timeout,
+                retry_after,
+            } => Self::Wait {
+                timeout: timeout.min(MAX_WAIT),
+                retry_after: retry_after.min(MAX_WAIT),
+            },
+        }
+    }
+}
+
+impl StoreFailurePolicy {
+    fn clamped(self) -> Self {
+        match self {
+            Self::FailClosed { retry_after } => Self::FailClosed {
+                retry_after: retry_after.min(MAX_WAIT),
+            },
+            Self::FailOpen => Self::FailOpen,
+        }
+    }
+}
+
+/// A layer configuration that cannot work, found by [`IdempotencyLayer::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 pub(crate) type ScopeFn = dyn Fn(&Parts) -> Option<Scope> + Send + Sync;
 pub(crate) type StatusPredicate = dyn Fn(StatusCode) -> bool + Send + Sync;
@@ -196,16 +246,17 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
         self.with(|c| c.require_key = require)
     }
 
-    /// How long a completed response is replayed (default 24 h).
+    /// How long a completed response is replayed (default 24 h, at most [`MAX_TTL`]).
     pub fn ttl(self, ttl: Duration) -> Self {
-        self.with(|c| c.ttl = ttl)
+        self.with(|c| c.ttl = ttl.min(MAX_TTL))
     }
 
-    /// How long a claim survives without renewal (default 30 s). The layer renews it every
-    /// third of the lease while the handler runs; after a crash the key is free again once
-    /// the lease ends.
+    /// How long a claim survives without renewal (default 30 s; clamped to
+    /// [`MIN_LEASE`]..=[`MAX_LEASE`]). The layer renews it every third of the lease while the
+    /// handler runs, from a task of its own; after a crash the key is free again once the
+    /// lease ends.
     pub fn lease(self, lease: Duration) -> Self {
-        self.with(|c| c.lease = lease.max(Duration::from_millis(30)))
+        self.with(|c| c.lease = lease.clamp(MIN_LEASE, MAX_LEASE))
     }
 
     /// Largest request body accepted with a key (default 1 MiB); larger ones get 413.
@@ -220,13 +271,15 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
     }
 
     /// What a retry gets while the first request runs (default: 409 with `Retry-After: 1`).
+    /// Waits and `Retry-After` are clamped to [`MAX_WAIT`].
     pub fn in_flight(self, policy: InFlightPolicy) -> Self {
-        self.with(|c| c.in_flight = policy)
+        self.with(|c| c.in_flight = policy.clamped())
     }
 
-    /// What happens when the store fails (default: 503 with `Retry-After: 5`).
+    /// What happens when the store fails (default: 503 with `Retry-After: 5`, clamped to
+    /// [`MAX_WAIT`]).
     pub fn on_store_failure(self, policy: StoreFailurePolicy) -> Self {
-        self.with(|c| c.on_store_failure = policy)
+        self.with(|c| c.on_store_failure = policy.clamped())
     }
 
     /// Which responses are kept for replay, by status (default: 2xx and 3xx). Responses not
@@ -267,12 +320,37 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
     pub fn store(&self) -> &St {
         &self.config.store
     }
+
+    /// Checks that the configuration can keep its promise: today, that the store can hold a
+    /// response of `max_response_body` bytes at all (an in-memory budget smaller than that
+    /// would refuse every large response after its handler ran). Call it at start-up to
+    /// report a bad configuration as an error; wrapping a service checks it too.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
+        if let Some(max) = c.store.max_record_bytes()
+            && c.max_response_body > max
+        {
+            return Err(ConfigError(format!(
+                "max_response_body ({} bytes) exceeds the largest record the store can keep \
+                 ({max} bytes): raise the store's budget or lower the response limit",
+                c.max_response_body
+            )));
+        }
+        Ok(())
+    }
 }
 
-impl<S, St> Layer<S> for IdempotencyLayer<St> {
+impl<S, St: IdempotencyStore> Layer<S> for IdempotencyLayer<St> {
     type Service = Idempotency<S, St>;
 
+    /// # Panics
+    ///
+    /// When [`validate`](IdempotencyLayer::validate) fails: a router is built at start-up,
+    /// so the mistake surfaces before any request is served, never per request.
     fn layer(&self, inner: S) -> Self::Service {
+        if let Err(error) = self.validate() {
+            panic!("invalid IdempotencyLayer configuration: {error}");
+        }
         Idempotency::from_config(inner, Arc::clone(&self.config))
     }
 }

@@ -118,9 +118,13 @@ pub mod testing;
 pub use self::{
     body::{RequestBody, ResponseBody},
     fingerprint::Fingerprint,
+    flow::lease::Lease,
     future::ResponseFuture,
     key::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyKey, KeyError, MAX_KEY_LEN},
-    layer::{IdempotencyLayer, InFlightPolicy, StoreFailurePolicy},
+    layer::{
+        ConfigError, IdempotencyLayer, InFlightPolicy, MAX_LEASE, MAX_TTL, MAX_WAIT, MIN_LEASE,
+        StoreFailurePolicy,
+    },
     policy::store_success_and_redirects,
     scope::Scope,
     service::Idempotency,

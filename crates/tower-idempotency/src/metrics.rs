@@ -4,6 +4,8 @@
 //! - `idempotency_store_duration_seconds{operation}`: latency of each store call
 //!   (`claim`, `renew`, `complete`, `release`).
 //! - `idempotency_store_errors_total{operation}`: failed store calls.
+//! - `idempotency_lease_lost_total`: running handlers whose claim was lost (renewal refused,
+//!   or no renewal succeeded for a whole lease): another request may run the key meanwhile.
 
 use std::{future::Future, time::Instant};
 
@@ -13,6 +15,8 @@ pub const REQUESTS_TOTAL: &str = "idempotency_requests_total";
 pub const STORE_DURATION_SECONDS: &str = "idempotency_store_duration_seconds";
 /// Name of the store error counter.
 pub const STORE_ERRORS_TOTAL: &str = "idempotency_store_errors_total";
+/// Name of the lost-lease counter.
+pub const LEASE_LOST_TOTAL: &str = "idempotency_lease_lost_total";
 
 /// How a keyed request ended, as the `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +34,10 @@ pub enum Outcome {
     Rejected,
     /// The store failed (503, or executed without deduplication when failing open).
     StoreError,
+    /// The handler ran, but neither its response nor the fact that it ran could be stored
+    /// (the store stayed unreachable, or the lease was lost). Counted beside `executed`. The
+    /// claim is kept: retries get 409 until its lease ends, then the key is free again.
+    Unrecorded,
 }
 
 impl Outcome {
@@ -42,12 +50,17 @@ impl Outcome {
             Self::Mismatch => "mismatch",
             Self::Rejected => "rejected",
             Self::StoreError => "store_error",
+            Self::Unrecorded => "unrecorded",
         }
     }
 }
 
 pub(crate) fn record_outcome(outcome: Outcome) {
     metrics::counter!(REQUESTS_TOTAL, "outcome" => outcome.as_str()).increment(1);
+}
+
+pub(crate) fn record_lease_lost() {
+    metrics::counter!(LEASE_LOST_TOTAL).increment(1);
 }
 
 /// Awaits a store call, recording its latency and failure.

@@ -13,10 +13,11 @@
 //! | `request-too-large` | 413 | the body exceeds the request limit; nothing was executed |
 //! | `key-in-use` | 409 | the first request with this key is still running (`Retry-After`) |
 //! | `key-reused` | 422 | the key was used for a different request (method, path, query or body) |
-//! | `response-not-kept` | 410 | the first request ran, but its response was too large to keep |
+//! | `response-not-kept` | 410 | the first request ran, but its response could not be kept (too large, no room in the store, or it broke off) |
 //! | `store-unavailable` | 503 | the idempotency store cannot be reached (`Retry-After`) |
 //! | `store-full` | 503 | the store has no room it may free (`Retry-After`) |
 //! | `handler-failed` | 500 | the handler panicked; the key was released |
+//! | `response-failed` | 500 | the handler ran, but its response body failed before it was complete; retries get `response-not-kept` |
 //! | `record-corrupt` | 500 | a stored response could not be decoded |
 
 use std::{fmt, time::Duration};
@@ -50,7 +51,7 @@ pub enum ProblemKind {
     KeyInUse,
     /// The key was used for a different request (422).
     KeyReused,
-    /// The first request ran but its response was too large to keep (410).
+    /// The first request ran but its response could not be kept (410).
     ResponseNotKept,
     /// The store cannot be reached (503).
     StoreUnavailable,
@@ -58,6 +59,8 @@ pub enum ProblemKind {
     StoreFull,
     /// The handler panicked (500).
     HandlerFailed,
+    /// The handler ran, but its response body failed mid-stream (500).
+    ResponseFailed,
     /// A stored response could not be decoded (500).
     RecordCorrupt,
 }
@@ -77,6 +80,7 @@ impl ProblemKind {
             Self::StoreUnavailable => "store-unavailable",
             Self::StoreFull => "store-full",
             Self::HandlerFailed => "handler-failed",
+            Self::ResponseFailed => "response-failed",
             Self::RecordCorrupt => "record-corrupt",
         }
     }
@@ -93,7 +97,9 @@ impl ProblemKind {
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::ResponseNotKept => StatusCode::GONE,
             Self::StoreUnavailable | Self::StoreFull => StatusCode::SERVICE_UNAVAILABLE,
-            Self::HandlerFailed | Self::RecordCorrupt => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::HandlerFailed | Self::ResponseFailed | Self::RecordCorrupt => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -111,6 +117,7 @@ impl ProblemKind {
             Self::StoreUnavailable => "Idempotency store unavailable",
             Self::StoreFull => "Idempotency store full",
             Self::HandlerFailed => "Request handler failed",
+            Self::ResponseFailed => "Response failed after the request was executed",
             Self::RecordCorrupt => "Stored response unreadable",
         }
     }
@@ -133,7 +140,7 @@ impl ProblemKind {
                 "This Idempotency-Key was already used for a request with a different method, path, query or body. Use a new key for a new request."
             }
             Self::ResponseNotKept => {
-                "The request with this Idempotency-Key was executed, but its response was too large to keep for replay. It will not be executed again."
+                "The request with this Idempotency-Key was executed, but its response could not be kept for replay. It will not be executed again."
             }
             Self::StoreUnavailable => {
                 "Request deduplication is temporarily unavailable, so the request was not executed. Retry later with the same key."
@@ -143,6 +150,9 @@ impl ProblemKind {
             }
             Self::HandlerFailed => {
                 "The request failed unexpectedly. The key was released; retry with the same key."
+            }
+            Self::ResponseFailed => {
+                "The request was executed, but its response broke off before it was complete. It will not be executed again with this key; a retry learns that it ran (410 response-not-kept)."
             }
             Self::RecordCorrupt => {
                 "The stored response for this Idempotency-Key could not be read."
@@ -220,7 +230,9 @@ impl Problem {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(after) = self.retry_after {
-            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            let secs = after
+                .as_secs()
+                .saturating_add(u64::from(after.subsec_nanos() > 0));
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         response
@@ -273,6 +285,7 @@ mod tests {
             ProblemKind::StoreUnavailable,
             ProblemKind::StoreFull,
             ProblemKind::HandlerFailed,
+            ProblemKind::ResponseFailed,
             ProblemKind::RecordCorrupt,
         ];
         let mut slugs: Vec<_> = kinds.iter().map(|k| k.slug()).collect();

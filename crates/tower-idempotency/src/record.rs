@@ -4,27 +4,32 @@
 //! this crate, within a format version) replays identically on another:
 //!
 //! ```text
-//! u8  format version (1)
-//! u8  kind: 0 = complete response, 1 = response too large, body not kept
+//! u8  format version (2; version 1, without trailers, is still read)
+//! u8  kind: 0 = complete response, 1 = body not kept
 //! u16 status
 //! u16 header count, then per header: u16 name length, name, u32 value length, value
+//! u16 trailer count, then the trailers as the headers            (version 2 only)
 //! ..  body (the rest)
 //! ```
 //! All integers are big-endian. Decoding slices the body out of the stored buffer: a replay
 //! copies no body bytes.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+
+use crate::store::RESERVED_RECORD_BYTES;
 
 const FORMAT_V1: u8 = 1;
+const FORMAT_V2: u8 = 2;
 
 /// Whether the record holds the response body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BodyKept {
     Yes,
-    /// The body exceeded the storage limit: only status and headers were kept, so a retry
+    /// The request ran, but its body could not be kept (too large for the storage limit or
+    /// the store, or it broke off mid-stream): only status and headers were kept, so a retry
     /// learns what happened without the request running again.
-    TooLarge,
+    No,
 }
 
 /// A response as stored for replay.
@@ -32,6 +37,7 @@ pub(crate) enum BodyKept {
 pub(crate) struct StoredResponse {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
+    pub(crate) trailers: Option<HeaderMap>,
     pub(crate) body: Bytes,
     pub(crate) kept: BodyKept,
 }
@@ -41,57 +47,88 @@ pub(crate) struct StoredResponse {
 pub(crate) struct DecodeError;
 
 impl StoredResponse {
+    /// The smallest record that still tells a retry what happened: the status and where the
+    /// first request put what it created (`Location`), body not kept. It always fits in the
+    /// room a store reserves per claim ([`RESERVED_RECORD_BYTES`]).
+    pub(crate) fn not_kept(status: StatusCode, headers: &HeaderMap) -> Bytes {
+        let mut kept = HeaderMap::new();
+        if let Some(location) = headers.get(header::LOCATION) {
+            // A Location that would not fit is dropped rather than risk the record itself.
+            if location.len() <= RESERVED_RECORD_BYTES / 2 {
+                kept.insert(header::LOCATION, location.clone());
+            }
+        }
+        let record = Self {
+            status,
+            headers: kept,
+            trailers: None,
+            body: Bytes::new(),
+            kept: BodyKept::No,
+        }
+        .encode();
+        debug_assert!(record.len() <= RESERVED_RECORD_BYTES);
+        record
+    }
+
     pub(crate) fn encode(&self) -> Bytes {
-        let headers_len: usize = self
-            .headers
-            .iter()
-            .map(|(n, v)| 6 + n.as_str().len() + v.len())
-            .sum();
-        let mut out = BytesMut::with_capacity(6 + headers_len + self.body.len());
-        out.put_u8(FORMAT_V1);
+        let fields_len = |map: &HeaderMap| -> usize {
+            map.iter()
+                .map(|(n, v)| 6 + n.as_str().len() + v.len())
+                .sum()
+        };
+        let trailers_len = self.trailers.as_ref().map_or(0, fields_len);
+        let mut out =
+            BytesMut::with_capacity(8 + fields_len(&self.headers) + trailers_len + self.body.len());
+        out.put_u8(FORMAT_V2);
         out.put_u8(match self.kept {
             BodyKept::Yes => 0,
-            BodyKept::TooLarge => 1,
+            BodyKept::No => 1,
         });
         out.put_u16(self.status.as_u16());
-        // HeaderMap caps itself far below u16::MAX entries, and names below u16::MAX bytes.
-        out.put_u16(self.headers.len() as u16);
-        for (name, value) in &self.headers {
-            out.put_u16(name.as_str().len() as u16);
-            out.put_slice(name.as_str().as_bytes());
-            out.put_u32(value.len() as u32);
-            out.put_slice(value.as_bytes());
-        }
+        put_fields(&mut out, &self.headers);
+        put_fields(
+            &mut out,
+            self.trailers.as_ref().unwrap_or(&HeaderMap::new()),
+        );
         out.put_slice(&self.body);
         out.freeze()
     }
 
     pub(crate) fn decode(bytes: &Bytes) -> Result<Self, DecodeError> {
         let mut cursor = Cursor { bytes, pos: 0 };
-        if cursor.u8()? != FORMAT_V1 {
+        let version = cursor.u8()?;
+        if version != FORMAT_V1 && version != FORMAT_V2 {
             return Err(DecodeError);
         }
         let kept = match cursor.u8()? {
             0 => BodyKept::Yes,
-            1 => BodyKept::TooLarge,
+            1 => BodyKept::No,
             _ => return Err(DecodeError),
         };
         let status = StatusCode::from_u16(cursor.u16()?).map_err(|_| DecodeError)?;
-        let count = usize::from(cursor.u16()?);
-        let mut headers = HeaderMap::with_capacity(count);
-        for _ in 0..count {
-            let len = usize::from(cursor.u16()?);
-            let name = HeaderName::from_bytes(cursor.take(len)?).map_err(|_| DecodeError)?;
-            let len = cursor.u32()? as usize;
-            let value = HeaderValue::from_bytes(cursor.take(len)?).map_err(|_| DecodeError)?;
-            headers.append(name, value);
-        }
+        let headers = cursor.fields()?;
+        let trailers = match version {
+            FORMAT_V2 => Some(cursor.fields()?).filter(|t| !t.is_empty()),
+            _ => None,
+        };
         Ok(Self {
             status,
             headers,
+            trailers,
             body: bytes.slice(cursor.pos..),
             kept,
         })
+    }
+}
+
+fn put_fields(out: &mut BytesMut, fields: &HeaderMap) {
+    // HeaderMap caps itself far below u16::MAX entries, and names below u16::MAX bytes.
+    out.put_u16(fields.len() as u16);
+    for (name, value) in fields {
+        out.put_u16(name.as_str().len() as u16);
+        out.put_slice(name.as_str().as_bytes());
+        out.put_u32(value.len() as u32);
+        out.put_slice(value.as_bytes());
     }
 }
 
@@ -121,6 +158,19 @@ impl<'a> Cursor<'a> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
+
+    fn fields(&mut self) -> Result<HeaderMap, DecodeError> {
+        let count = usize::from(self.u16()?);
+        let mut fields = HeaderMap::with_capacity(count);
+        for _ in 0..count {
+            let len = usize::from(self.u16()?);
+            let name = HeaderName::from_bytes(self.take(len)?).map_err(|_| DecodeError)?;
+            let len = self.u32()? as usize;
+            let value = HeaderValue::from_bytes(self.take(len)?).map_err(|_| DecodeError)?;
+            fields.append(name, value);
+        }
+        Ok(fields)
+    }
 }
 
 #[cfg(test)]
@@ -136,12 +186,43 @@ mod tests {
             "x-binary",
             HeaderValue::from_bytes(b"caf\xe9 \xff").unwrap(),
         );
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
         StoredResponse {
             status: StatusCode::CREATED,
             headers,
+            trailers: Some(trailers),
             body: Bytes::from((0..=255u8).collect::<Vec<_>>()),
             kept: BodyKept::Yes,
         }
+    }
+
+    #[test]
+    fn reads_version_1_records() {
+        // status 201, one header "a: b", body "xy", as version 1 wrote it.
+        let v1 = Bytes::from_static(b"\x01\x00\x00\xc9\x00\x01\x00\x01a\x00\x00\x00\x01bxy");
+        let decoded = StoredResponse::decode(&v1).unwrap();
+        assert_eq!(decoded.status, StatusCode::CREATED);
+        assert_eq!(decoded.headers["a"], "b");
+        assert_eq!(decoded.trailers, None);
+        assert_eq!(&decoded.body[..], b"xy");
+    }
+
+    #[test]
+    fn not_kept_records_fit_the_reserved_room() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-large", HeaderValue::from_str(&"v".repeat(4000)).unwrap());
+        headers.insert(header::LOCATION, HeaderValue::from_static("/orders/7"));
+        let record = StoredResponse::not_kept(StatusCode::CREATED, &headers);
+        assert!(record.len() <= RESERVED_RECORD_BYTES);
+        let decoded = StoredResponse::decode(&record).unwrap();
+        assert_eq!(decoded.kept, BodyKept::No);
+        assert_eq!(decoded.headers.len(), 1);
+        assert_eq!(decoded.headers[header::LOCATION], "/orders/7");
+        let long = HeaderValue::from_str(&format!("/{}", "l".repeat(4000))).unwrap();
+        headers.insert(header::LOCATION, long);
+        let record = StoredResponse::not_kept(StatusCode::CREATED, &headers);
+        assert!(record.len() <= RESERVED_RECORD_BYTES);
     }
 
     #[test]
@@ -165,7 +246,7 @@ mod tests {
             );
         }
         let mut other = encoded.to_vec();
-        other[0] = 2;
+        other[0] = 3;
         assert_eq!(
             StoredResponse::decode(&Bytes::from(other)),
             Err(DecodeError)

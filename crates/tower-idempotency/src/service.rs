@@ -9,7 +9,7 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use tower::Service;
+use tower::{Service, util::Oneshot};
 
 use crate::{
     IdempotencyKey,
@@ -23,6 +23,11 @@ use crate::{
 
 /// Executes each keyed request once and replays its response to retries. Built by
 /// [`IdempotencyLayer`](crate::IdempotencyLayer).
+///
+/// It is always ready: the inner service is driven to readiness (`poll_ready`, then `call`,
+/// on a clone) inside the response future, and only once the layer has decided to run it.
+/// A retry that is answered from the store, waits for its first request or is refused
+/// never holds the inner service's capacity (a concurrency limit below this layer, say).
 pub struct Idempotency<S, St> {
     inner: S,
     config: Arc<Config<St>>,
@@ -66,25 +71,26 @@ where
     S::Error: Send + 'static,
     St: IdempotencyStore,
     ReqBody: Body<Data = Bytes> + Send + 'static,
-    ReqBody::Error: Send,
+    ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+    type Future = ResponseFuture<Oneshot<S, Request<RequestBody<ReqBody>>>, ResBody, S::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // Call the service that was driven to readiness, leave a fresh clone in its place.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let inner = self.inner.clone();
         let config = &self.config;
 
         if !config.methods.contains(req.method()) {
-            return ResponseFuture::passthrough(inner.call(req.map(RequestBody::streaming)));
+            return ResponseFuture::passthrough(Oneshot::new(
+                inner,
+                req.map(RequestBody::streaming),
+            ));
         }
         let key = match IdempotencyKey::from_headers(req.headers()) {
             Ok(Some(key)) => key,
@@ -92,7 +98,10 @@ where
                 return ResponseFuture::ready(flow::reject(config, ProblemKind::KeyRequired));
             }
             Ok(None) => {
-                return ResponseFuture::passthrough(inner.call(req.map(RequestBody::streaming)));
+                return ResponseFuture::passthrough(Oneshot::new(
+                    inner,
+                    req.map(RequestBody::streaming),
+                ));
             }
             Err(error) => {
                 return ResponseFuture::ready(flow::reject(config, ProblemKind::KeyInvalid(error)));

@@ -1,19 +1,16 @@
 //! [`HandlerTasks`]: waiting for detached handlers on shutdown.
 
-use std::{
-    fmt,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-};
+use std::fmt;
 
-use tokio::sync::Notify;
+use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 /// The handlers the layer has started and not finished, including those detached from a
 /// client that disconnected (they run on to store their outcome). A server's graceful
 /// shutdown waits for them after the connections have drained, so that no claim is left to
 /// expire by its lease.
+///
+/// A thin wrapper over tokio-util's [`TaskTracker`], kept out of the public API so that its
+/// versions can change under us.
 ///
 /// ```
 /// use tower_idempotency::{IdempotencyLayer, store::memory::MemoryStore};
@@ -27,38 +24,27 @@ use tokio::sync::Notify;
 /// # }
 /// ```
 #[derive(Clone, Default)]
-pub struct HandlerTasks(Arc<Inner>);
-
-#[derive(Default)]
-struct Inner {
-    running: AtomicUsize,
-    idle: Notify,
-}
+pub struct HandlerTasks(TaskTracker);
 
 impl HandlerTasks {
     /// Handlers running now.
     pub fn running(&self) -> usize {
-        self.0.running.load(Ordering::Acquire)
+        self.0.len()
     }
 
-    /// Resolves once no handler is running.
+    /// Resolves once no handler is running. Handlers may still start meanwhile (a draining
+    /// server finishes the requests it has); it resolves at the first moment none runs.
     pub async fn wait_idle(&self) {
-        loop {
-            let notified = self.0.idle.notified();
-            let mut notified = std::pin::pin!(notified);
-            // Register before checking, so a task ending in between still wakes us.
-            notified.as_mut().enable();
-            if self.running() == 0 {
-                return;
-            }
-            notified.await;
-        }
+        // TaskTracker::wait resolves only once closed and empty; closing stops nothing from
+        // being tracked, so close for the wait and reopen after it.
+        self.0.close();
+        self.0.wait().await;
+        self.0.reopen();
     }
 
     /// Counts a handler as running until the guard drops (also when it unwinds).
     pub(crate) fn start(&self) -> RunningGuard {
-        self.0.running.fetch_add(1, Ordering::AcqRel);
-        RunningGuard(self.clone())
+        RunningGuard(self.0.token())
     }
 }
 
@@ -70,12 +56,6 @@ impl fmt::Debug for HandlerTasks {
     }
 }
 
-pub(crate) struct RunningGuard(HandlerTasks);
-
-impl Drop for RunningGuard {
-    fn drop(&mut self) {
-        if self.0.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.0.idle.notify_waiters();
-        }
-    }
-}
+/// Held while one handler runs.
+#[derive(Debug)]
+pub(crate) struct RunningGuard(#[allow(dead_code)] TaskTrackerToken);

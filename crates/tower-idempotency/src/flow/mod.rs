@@ -1,0 +1,155 @@
+//! One keyed request's journey through the layer.
+//!
+//! ```text
+//! read body (limit → 413) → fingerprint → id = H(scope, key) → store.claim
+//!   Acquired  → execute: run the inner service (lease renewed from a task of its own,
+//!               detached from the caller if it disconnects), then record the outcome:
+//!               complete (retried; a small "ran, not kept" record when the response does
+//!               not fit) or release, and only then answer
+//!   InFlight  → other fingerprint ? 422 : wait-and-retry the claim, or 409
+//!   Completed → other fingerprint ? 422 : replay with Idempotent-Replayed: true
+//!   error     → fail closed (503) or open (run without deduplication)
+//! ```
+//! The store is always updated *before* the caller gets its answer, so a retry that follows
+//! a response always finds the record; and once the handler has run, its key is never freed
+//! because its response could not be stored.
+//!
+//! Files by role: `answer` (the answers the layer gives itself: problems, replays),
+//! `execute` (running the handler, detaching, panics), `lease` (renewal and the handler's
+//! [`Lease`](crate::Lease)), `buffer` (reading the response to store it), `outcome`
+//! (complete / release with retries).
+
+mod answer;
+mod buffer;
+mod execute;
+pub(crate) mod lease;
+mod outcome;
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{Request, Response, request::Parts};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+use tracing::Instrument;
+
+pub(crate) use self::answer::reject;
+use crate::{
+    Fingerprint, IdempotencyKey, Scope,
+    body::{RequestBody, ResponseBody},
+    layer::{Config, InFlightPolicy, StoreFailurePolicy},
+    metrics::{Outcome, record_outcome, timed},
+    problem::ProblemKind,
+    store::{Claim, IdempotencyStore, RecordId, StoreErrorKind},
+};
+
+type Answer<B, E> = Result<Response<ResponseBody<B>>, E>;
+
+/// The longest pause between two claims of a waiting duplicate.
+const MAX_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+pub(crate) async fn run<S, St, ReqBody, ResBody>(
+    config: Arc<Config<St>>,
+    inner: S,
+    parts: Parts,
+    body: ReqBody,
+    key: IdempotencyKey,
+    scope: Scope,
+) -> Answer<ResBody, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: IdempotencyStore,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    let body = match read_body(body, config.max_request_body).await {
+        Ok(body) => body,
+        Err(kind) => return Ok(reject(&config, kind)),
+    };
+    let fingerprint = Fingerprint::of_request(&parts.method, &parts.uri, &parts.headers, &body); // TODO(of_parts)
+    let id = RecordId::new(scope.as_bytes(), &key);
+    let span = tracing::debug_span!("idempotency", record = ?id);
+    async move {
+        // A deadline past the clock's range is no deadline: wait as long as allowed.
+        let wait_until = match config.in_flight {
+            InFlightPolicy::Wait { timeout, .. } => Some(Instant::now().checked_add(timeout)),
+            InFlightPolicy::Reject { .. } => None,
+        };
+        let mut poll_interval = Duration::from_millis(10);
+        loop {
+            let claim = timed("claim", config.store.claim(&id, &fingerprint, config.lease)).await;
+            match claim {
+                Ok(Claim::Acquired(token)) => {
+                    tracing::debug!("claimed; executing");
+                    let request = Request::from_parts(parts, RequestBody::buffered(body));
+                    return execute::execute(config, inner, request, key, id, token).await;
+                }
+                Ok(Claim::Completed(record)) => {
+                    if record.fingerprint != fingerprint {
+                        tracing::debug!("key reused for a different request");
+                        return Ok(reject(&config, ProblemKind::KeyReused));
+                    }
+                    tracing::debug!("replaying the stored response");
+                    return Ok(answer::replay(&config, &record.response));
+                }
+                Ok(Claim::InFlight { fingerprint: other }) => {
+                    if other != fingerprint {
+                        tracing::debug!("key reused for a different request");
+                        return Ok(reject(&config, ProblemKind::KeyReused));
+                    }
+                    let may_wait = match wait_until {
+                        Some(Some(deadline)) => Instant::now() + poll_interval < deadline,
+                        Some(None) => true,
+                        None => false,
+                    };
+                    if !may_wait {
+                        return Ok(reject(&config, ProblemKind::KeyInUse));
+                    }
+                    tokio::time::sleep(poll_interval).await;
+                    poll_interval = (poll_interval * 2).min(MAX_POLL_INTERVAL);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "idempotency store failed");
+                    let kind = match error.kind() {
+                        StoreErrorKind::CapacityExhausted => ProblemKind::StoreFull,
+                        _ => ProblemKind::StoreUnavailable,
+                    };
+                    return match config.on_store_failure {
+                        StoreFailurePolicy::FailClosed { .. } => Ok(reject(&config, kind)),
+                        StoreFailurePolicy::FailOpen => {
+                            record_outcome(Outcome::StoreError);
+                            let mut request =
+                                Request::from_parts(parts, RequestBody::buffered(body));
+                            request.extensions_mut().insert(key);
+                            let response = inner.oneshot(request).await?;
+                            Ok(response.map(ResponseBody::inner))
+                        }
+                    };
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Reads the whole request body, up to `limit` bytes, to fingerprint it.
+async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ProblemKind>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if body.size_hint().lower() > limit as u64 {
+        return Err(ProblemKind::RequestTooLarge);
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(ProblemKind::RequestTooLarge),
+        Err(_) => Err(ProblemKind::RequestUnreadable),
+    }
+}
