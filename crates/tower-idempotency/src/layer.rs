@@ -8,6 +8,7 @@ use tower::Layer;
 
 use crate::{
     Idempotency, Scope,
+    flow::LeaseKeeper,
     policy::store_success_and_redirects,
     problem::{DEFAULT_TYPE_BASE, Problem},
     store::IdempotencyStore,
@@ -116,6 +117,8 @@ pub(crate) struct Config<St> {
     pub(crate) responder: Option<Arc<Responder>>,
     pub(crate) problem_type_base: String,
     pub(crate) tasks: HandlerTasks,
+    /// Renews the claims of running handlers; never shared between two configurations.
+    pub(crate) leases: LeaseKeeper,
 }
 
 impl<St> Clone for Config<St> {
@@ -136,6 +139,7 @@ impl<St> Clone for Config<St> {
             responder: self.responder.clone(),
             problem_type_base: self.problem_type_base.clone(),
             tasks: self.tasks.clone(),
+            leases: LeaseKeeper::default(),
         }
     }
 }
@@ -210,6 +214,7 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
                 responder: None,
                 problem_type_base: DEFAULT_TYPE_BASE.to_owned(),
                 tasks: HandlerTasks::default(),
+                leases: LeaseKeeper::default(),
             }),
         }
     }

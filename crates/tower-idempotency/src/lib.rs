@@ -59,6 +59,10 @@
 //! | retry while the first runs | 409 `key-in-use` + `Retry-After` (or wait and replay: [`InFlightPolicy::Wait`]) |
 //! | same key, different method, path, query or body | 422 `key-reused`, in every state |
 //! | store unreachable | 503 `store-unavailable` + `Retry-After` (or run anyway: [`StoreFailurePolicy::FailOpen`]) |
+//! | store full (no room it may free) | 503 `store-full` + `Retry-After`, nothing executed |
+//! | retry after a response that could not be kept (too large, no room left, or its body failed mid-stream) | 410 `response-not-kept` with the original `Location`; never executed again |
+//! | first request whose response body fails mid-stream | 500 `response-failed` (never a truncated 2xx) |
+//! | handler panicked | 500 `handler-failed`; the key is free again before the answer is sent |
 //!
 //! Every refusal is `application/problem+json` (RFC 9457); see [`problem`] for the `type`s.
 //!
@@ -68,10 +72,27 @@
 //! - JSON bodies are fingerprinted canonically: whitespace and object-key order do not make a
 //!   retry "different". Other bodies compare byte for byte.
 //! - A started handler always runs to completion: if the client disconnects, it moves to a
-//!   task of its own, completes, and its
-//!   response is stored, so the retry gets the result instead of a second execution.
-//! - Claims carry a lease (renewed while the handler runs) and a fencing token: a crashed
-//!   instance's claim expires, and a late owner can never overwrite a newer owner's record.
+//!   task of its own, completes, and its response is stored, so the retry gets the result
+//!   instead of a second execution.
+//! - **Once a handler has run, its key is never freed because its response could not be
+//!   stored.** `complete` is retried a few times; if the store has no room for the response,
+//!   a small "ran, not kept" record (status and `Location`) is stored instead, for which
+//!   every claim reserves room. If the store stays unreachable, the claim is kept (never
+//!   released): retries get 409 until its lease ends, the failure is logged at error level and
+//!   counted as `outcome="unrecorded"`. Only then, with the record never written, is the key
+//!   free again: the one case where the layer cannot know, without its store, that the
+//!   request ran. A handler whose effects must never repeat should also keep the key it
+//!   saw (a unique column) or use the store's transaction.
+//! - Claims carry a lease, renewed from a task of its own while the handler runs (a handler
+//!   that blocks its thread does not starve it on a multi-threaded runtime), and a fencing
+//!   token: a crashed instance's claim expires, and a late owner can never overwrite a newer
+//!   owner's record. The handler can read its [`Lease`] from the request extensions and check
+//!   [`Lease::is_lost`] before an irreversible step.
+//! - Requests are fingerprinted by their original target: under axum's `Router::nest` (feature
+//!   `axum`, on by default) the full path, not the one with the prefix stripped; plain tower
+//!   services that rewrite paths insert a [`fingerprint::OriginalTarget`] first.
+//! - The inner service is driven to readiness only when the layer runs it: retries that are
+//!   replayed, refused or waiting hold none of its capacity.
 //! - Replays never carry `Set-Cookie`, `Date` or hop-by-hop headers; everything else (repeated
 //!   headers, non-UTF-8 values) is replayed exactly. `Cache-Control: no-store` on a response
 //!   keeps it out of the store.
@@ -89,12 +110,13 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
+//! | `axum` (default) | fingerprints by axum's `OriginalUri`, so nested routers never share records |
 //! | `test-suite` | [`testing`]: the store conformance suite |
 //!
 //! # Observability
 //!
 //! `tracing` events under an `idempotency` span, and [`metrics`](crate::metrics) counters per
-//! outcome plus a store-latency histogram.
+//! outcome (`unrecorded` among them), lost leases, and a store-latency histogram.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -3,8 +3,24 @@
 //! Canonical means: no insignificant whitespace; strings re-escaped one way (`\"`, `\\`,
 //! `\b\f\n\r\t`, `\u00xx` for other control characters, everything else as raw UTF-8); object
 //! members sorted by their canonical key bytes (a stable sort, so duplicate keys keep their
-//! order); integers as written (arbitrarily large ones exactly, `-0` as `0`); other numbers
-//! parsed to the nearest `f64` and written in Rust's shortest round-trip form.
+//! order); numbers as their exact decimal value in one spelling.
+//!
+//! # Numbers
+//!
+//! A number is read exactly, never through `f64`: `1.00000000000000001` and `1` differ, and
+//! so do `9007199254740993` and `9007199254740992.0`, while `1`, `1.0`, `1e0`, `10E-1` and
+//! `0.1e1` are one value. Its canonical spelling is
+//!
+//! - `0` for zero, whatever its sign, fraction or exponent (`-0`, `0.0`, `0e5`);
+//! - otherwise an optional `-`, then the significant digits `d` (no leading or trailing
+//!   zeros), then, with the value being `±d × 10^e`: `e` zeros when `0 ≤ e ≤ 20`
+//!   ([`MAX_PLAIN_ZEROS`]), else `e` followed by the exponent in decimal (`e-1`, `e21`).
+//!
+//! So `100` and `1e2` are `100`, `1.5` is `15e-1`, `-0.001` is `-1e-3`, `1e21` is `1e21`
+//! and `1e1000000000` stays `1e1000000000`. Every canonical spelling is itself valid JSON
+//! that canonicalises to itself, no number grows by more than 20 bytes, and a document
+//! whose exponent (adjusted for the fraction) does not fit an `i64` is not canonicalised.
+//! The numeric grammar is JSON's, strictly: no `+1`, `01`, `1.`, `.5`, `NaN` or `Infinity`.
 //!
 //! Unlike parsing into a `serde_json::Value`, nothing is allocated per string, member or
 //! object: everything is written to one output buffer, each object's members in input order;
@@ -12,6 +28,11 @@
 
 /// Documents nested deeper than this are not canonicalised (their bytes are compared).
 pub(crate) const MAX_DEPTH: usize = 128;
+
+/// Integers with at most this many trailing zeros are written out in full; beyond it, with
+/// an exponent. Every 64-bit integer is written in full, and no number grows by more than
+/// this many bytes.
+pub(crate) const MAX_PLAIN_ZEROS: i64 = 20;
 
 pub(crate) fn canonicalize(input: &[u8]) -> Option<Vec<u8>> {
     let mut parser = Parser {
@@ -233,42 +254,88 @@ impl Parser<'_> {
         u32::from_str_radix(text, 16).ok()
     }
 
+    /// Reads a number (strictly by the JSON grammar) and writes its exact decimal value in
+    /// the one spelling described in the module docs.
     fn number(&mut self, out: &mut Vec<u8>) -> Option<()> {
-        let start = self.pos;
-        if self.peek() == Some(b'-') {
+        let negative = self.peek() == Some(b'-');
+        if negative {
             self.pos += 1;
         }
+        let int_start = self.pos;
         match self.bump()? {
             b'0' => {}
             b'1'..=b'9' => self.digits(),
             _ => return None,
         }
-        let mut integer = true;
+        let int = int_start..self.pos;
+        let mut frac = self.pos..self.pos;
         if self.peek() == Some(b'.') {
             self.pos += 1;
-            integer = false;
+            let frac_start = self.pos;
             self.digits1()?;
+            frac = frac_start..self.pos;
         }
+        let mut exponent = None;
         if let Some(b'e' | b'E') = self.peek() {
             self.pos += 1;
-            integer = false;
+            let exp_negative = self.peek() == Some(b'-');
             if let Some(b'+' | b'-') = self.peek() {
                 self.pos += 1;
             }
+            let exp_start = self.pos;
             self.digits1()?;
+            exponent = Some((exp_negative, exp_start..self.pos));
         }
-        let text = &self.input[start..self.pos];
-        if integer {
-            out.extend_from_slice(if text == b"-0" { b"0" } else { text });
+        let (int, frac) = (&self.input[int], &self.input[frac]);
+
+        // The value is ±(int ‖ frac) × 10^(exponent − |frac|). Find its significant digits.
+        let digit = |i: usize| {
+            if i < int.len() {
+                int[i]
+            } else {
+                frac[i - int.len()]
+            }
+        };
+        let len = int.len() + frac.len();
+        let Some(first) = (0..len).find(|&i| digit(i) != b'0') else {
+            // Zero, whatever its sign or exponent.
+            out.push(b'0');
             return Some(());
+        };
+        let last = (first..len).rev().find(|&i| digit(i) != b'0')?;
+        let exponent = match exponent {
+            None => 0,
+            // Read into an i128 (what overflows that is far beyond i64 after adjustment too).
+            Some((exp_negative, digits)) => {
+                self.input[digits].iter().try_fold(0i128, |acc, &b| {
+                    let digit = i128::from(b - b'0');
+                    let acc = acc.checked_mul(10)?;
+                    if exp_negative {
+                        acc.checked_sub(digit)
+                    } else {
+                        acc.checked_add(digit)
+                    }
+                })?
+            }
+        };
+        // Lengths are far below 2^64, so this cannot overflow an i128; the result must fit
+        // an i64.
+        let trailing_zeros = (len - 1 - last) as i128;
+        let exponent = i64::try_from(exponent - frac.len() as i128 + trailing_zeros).ok()?;
+
+        if negative {
+            out.push(b'-');
         }
-        let value: f64 = std::str::from_utf8(text).ok()?.parse().ok()?;
-        if !value.is_finite() {
-            return None;
+        let (end, split) = (last + 1, int.len());
+        out.extend_from_slice(&int[first.min(split)..end.min(split)]);
+        out.extend_from_slice(&frac[first.saturating_sub(split)..end.saturating_sub(split)]);
+        match exponent {
+            0..=MAX_PLAIN_ZEROS => out.resize(out.len() + exponent as usize, b'0'),
+            _ => {
+                out.push(b'e');
+                out.extend_from_slice(exponent.to_string().as_bytes());
+            }
         }
-        // One spelling per value: shortest round-trip form, and no negative zero.
-        let value = if value == 0.0 { 0.0 } else { value };
-        out.extend_from_slice(format!("{value:?}").as_bytes());
         Some(())
     }
 
@@ -334,15 +401,107 @@ mod tests {
     #[test]
     fn numbers_have_one_spelling() {
         assert_eq!(
-            canon("[1.0, 1.00, 1e0, 10E-1]").unwrap(),
-            "[1.0,1.0,1.0,1.0]"
+            canon("[1, 1.0, 1.00, 1e0, 1E+0, 10e-1, 10E-1, 0.1e1, 0.001e3, 100e-2]").unwrap(),
+            "[1,1,1,1,1,1,1,1,1,1]"
         );
-        assert_eq!(canon("[-0, 0, -0.0, 0e5]").unwrap(), "[0,0,0.0,0.0]");
+        assert_eq!(
+            canon("[-0, 0, -0.0, 0.0, 0e5, -0E-7, 0.000e+99]").unwrap(),
+            "[0,0,0,0,0,0,0]"
+        );
         assert_eq!(
             canon("123456789012345678901234567890").unwrap(),
             "123456789012345678901234567890"
         );
-        assert_eq!(canon("[1e2, 100.0]").unwrap(), "[100.0,100.0]");
+        assert_eq!(
+            canon("[1e2, 100.0, 100, 1000e-1]").unwrap(),
+            "[100,100,100,100]"
+        );
+        assert_eq!(
+            canon("[1.5, -0.001, 0.1, 1.50, 15e-1, -1.2345e2]").unwrap(),
+            "[15e-1,-1e-3,1e-1,15e-1,15e-1,-12345e-2]"
+        );
+    }
+
+    #[test]
+    fn numbers_compare_by_exact_decimal_value() {
+        assert_ne!(canon("1.00000000000000001"), canon("1"));
+        assert_eq!(
+            canon("1.00000000000000001").unwrap(),
+            "100000000000000001e-17"
+        );
+        assert_ne!(canon("9007199254740993"), canon("9007199254740992.0"));
+        assert_eq!(canon("9007199254740992.0"), canon("9007199254740992"));
+        assert_ne!(canon("0.1"), canon("0.1000000000000000055511151231257827"));
+        assert_ne!(canon("1"), canon("-1"));
+        assert_ne!(canon("1e-1"), canon("1e1"));
+    }
+
+    #[test]
+    fn large_exponents_stay_exponents() {
+        // Up to 20 trailing zeros are written out (every 64-bit integer); beyond, an exponent.
+        assert_eq!(canon("1e20").unwrap(), format!("1{}", "0".repeat(20)));
+        assert_eq!(
+            canon("18446744073709551615").unwrap(),
+            "18446744073709551615"
+        );
+        assert_eq!(canon("1e21").unwrap(), "1e21");
+        assert_eq!(canon(&format!("1{}", "0".repeat(21))).unwrap(), "1e21");
+        assert_eq!(canon("-25e30").unwrap(), "-25e30");
+        // Exact and bounded: no billion zeros, and no float overflow either.
+        assert_eq!(canon("1e1000000000").unwrap(), "1e1000000000");
+        assert_eq!(canon("1e999").unwrap(), "1e999");
+        assert_eq!(canon("1e-999").unwrap(), "1e-999");
+        assert_eq!(canon("1e000000000000000000000000000002").unwrap(), "100");
+        let max = i64::MAX;
+        assert_eq!(canon(&format!("1e{max}")).unwrap(), format!("1e{max}"));
+        assert_eq!(canon(&format!("1e-{max}")).unwrap(), format!("1e-{max}"));
+        assert_eq!(
+            canon(&format!("10e{}", max - 1)).unwrap(),
+            format!("1e{max}")
+        );
+        assert_eq!(
+            canon(&format!("0.1e-{}", max - 1)).unwrap(),
+            format!("1e-{max}")
+        );
+        // Exponents that do not fit an i64 (before or after adjustment): not canonicalised.
+        let min = i64::MIN;
+        assert_eq!(canon(&format!("1e{min}")).unwrap(), format!("1e{min}"));
+        assert_eq!(canon(&format!("0.1e-{max}")).unwrap(), format!("1e{min}"));
+        assert_eq!(canon("1e9223372036854775808"), None);
+        assert_eq!(canon("1e-9223372036854775809"), None);
+        assert_eq!(canon(&format!("10e{max}")), None);
+        assert_eq!(canon(&format!("0.01e-{max}")), None);
+        // Adjustment can bring an exponent back into range.
+        assert_eq!(canon(&format!("1.0e{min}")).unwrap(), format!("1e{min}"));
+        assert_eq!(
+            canon("100e-9223372036854775810").unwrap(),
+            "1e-9223372036854775808"
+        );
+        assert_eq!(
+            canon("0.001e9223372036854775810").unwrap(),
+            "1e9223372036854775807"
+        );
+        assert_eq!(canon("1.01e-9223372036854775807"), None);
+        assert_eq!(canon("1e99999999999999999999999999"), None);
+        // Zero is zero, whatever the exponent.
+        assert_eq!(canon("0e99999999999999999999999999").unwrap(), "0");
+    }
+
+    #[test]
+    fn canonical_numbers_canonicalise_to_themselves() {
+        for n in [
+            "0",
+            "1",
+            "-1",
+            "15e-1",
+            "-1e-3",
+            "1e21",
+            "100",
+            "1e1000000000",
+            "123e-456",
+        ] {
+            assert_eq!(canon(n).unwrap(), n);
+        }
     }
 
     #[test]
@@ -364,7 +523,20 @@ mod tests {
             r#""\ud800""#,
             r#""\udc00""#,
             "[1] x",
-            "1e999",
+            "+1",
+            "-01",
+            "00",
+            "1.e5",
+            "-.5",
+            "1e+",
+            "1e-",
+            "- 1",
+            "1.5.5",
+            "1e5e5",
+            "0x10",
+            "NaN",
+            "Infinity",
+            "-Infinity",
             "{1:2}",
             "\"\\u12\"",
         ] {

@@ -22,7 +22,6 @@ use super::{
     answer::reject,
     buffer::finish_response,
     lease::Lease,
-    lease::renew_while,
     outcome::{record, release},
 };
 use crate::{
@@ -67,12 +66,16 @@ where
     let task = async move {
         let _running = running;
         let config = task_config;
-        let work = async {
+        // Before the first poll: a handler may block from its very start.
+        let mut renewal = config.leases.register(&config, id, token, &lease);
+        renewal.settle().await;
+        let finished = async {
             let response = inner.oneshot(request).await?;
             Ok(finish_response(&config, response).await)
-        };
-        let finished = renew_while(&config, &id, token, &lease, work).await;
+        }
+        .await;
         let answer = record(&config, &id, token, &lease, finished).await;
+        drop(renewal);
         guard.disarm();
         answer
     };

@@ -1,20 +1,15 @@
-//! Keeping the claim while the handler runs, and telling the handler if it was lost.
+//! The handler's view of its claim: [`Lease`].
 
 use std::{
     fmt,
     sync::{Arc, Mutex},
-    task::Poll,
     time::Duration,
 };
 
 use tokio::time::Instant;
-use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
+use tokio_util::sync::CancellationToken;
 
-use crate::{
-    layer::Config,
-    metrics::{record_lease_lost, timed},
-    store::{FencingToken, IdempotencyStore, RecordId, StoreErrorKind},
-};
+use crate::metrics::record_lease_lost;
 
 /// The claim a running handler holds on its key, lent to it as a request extension
 /// (`Extension<Lease>` in axum, `request.extensions().get::<Lease>()` in plain tower).
@@ -29,15 +24,27 @@ pub struct Lease(Arc<State>);
 
 struct State {
     lost: CancellationToken,
-    /// When the claim ends unless renewed again, by the layer's clock.
-    held_until: Mutex<Instant>,
+    times: Mutex<Times>,
+}
+
+/// By the layer's clock.
+#[derive(Clone, Copy)]
+struct Times {
+    /// When the claim ends unless renewed.
+    held_until: Instant,
+    /// When the next renewal is due.
+    renew_at: Instant,
 }
 
 impl Lease {
     pub(crate) fn new(lease: Duration) -> Self {
+        let now = Instant::now();
         Self(Arc::new(State {
             lost: CancellationToken::new(),
-            held_until: Mutex::new(deadline(Instant::now(), lease)),
+            times: Mutex::new(Times {
+                held_until: later(now, lease),
+                renew_at: later(now, lease / 3),
+            }),
         }))
     }
 
@@ -51,12 +58,29 @@ impl Lease {
         self.0.lost.cancelled().await;
     }
 
-    pub(crate) fn held_until(&self) -> Instant {
-        *self.0.held_until.lock().unwrap_or_else(|e| e.into_inner())
+    fn times(&self) -> std::sync::MutexGuard<'_, Times> {
+        self.0.times.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn renewed(&self, until: Instant) {
-        *self.0.held_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
+    pub(crate) fn held_until(&self) -> Instant {
+        self.times().held_until
+    }
+
+    pub(super) fn renew_at(&self) -> Instant {
+        self.times().renew_at
+    }
+
+    /// A renewal sent at `sent` succeeded.
+    pub(super) fn renewed(&self, sent: Instant, lease: Duration) {
+        *self.times() = Times {
+            held_until: later(sent, lease),
+            renew_at: later(sent, lease / 3),
+        };
+    }
+
+    /// A renewal failed without an answer; try again at `at`.
+    pub(super) fn retry_renewal_at(&self, at: Instant) {
+        self.times().renew_at = at;
     }
 
     pub(crate) fn mark_lost(&self, why: &str) {
@@ -76,70 +100,8 @@ impl fmt::Debug for Lease {
     }
 }
 
-fn deadline(from: Instant, lease: Duration) -> Instant {
-    from.checked_add(lease)
+/// `from + by`, or a year from `from` where that does not fit the clock.
+fn later(from: Instant, by: Duration) -> Instant {
+    from.checked_add(by)
         .unwrap_or_else(|| from + Duration::from_secs(86_400 * 365))
-}
-
-/// Drives `work` while a task of its own renews the lease every third of its length, so a
-/// handler that blocks its thread or hogs its task cannot starve the renewal (on a runtime
-/// with more than one worker).
-pub(super) async fn renew_while<St, T>(
-    config: &Arc<Config<St>>,
-    id: &RecordId,
-    token: FencingToken,
-    lease: &Lease,
-    work: impl Future<Output = T>,
-) -> T
-where
-    St: IdempotencyStore,
-{
-    let mut work = std::pin::pin!(work);
-    // Many handlers finish on their first poll; they need no renewal task.
-    let first_poll = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
-    if let Poll::Ready(output) = first_poll {
-        return output;
-    }
-    let renewer = AbortOnDropHandle::new(tokio::spawn(renew(
-        Arc::clone(config),
-        *id,
-        token,
-        lease.clone(),
-    )));
-    let output = work.await;
-    drop(renewer);
-    output
-}
-
-async fn renew<St: IdempotencyStore>(
-    config: Arc<Config<St>>,
-    id: RecordId,
-    token: FencingToken,
-    lease: Lease,
-) {
-    let period = config.lease / 3;
-    let mut next = Instant::now() + period;
-    loop {
-        tokio::time::sleep_until(next).await;
-        let sent = Instant::now();
-        match timed("renew", config.store.renew(&id, token, config.lease)).await {
-            Ok(()) => {
-                lease.renewed(deadline(sent, config.lease));
-                next = sent + period;
-            }
-            Err(error) if error.kind() == StoreErrorKind::LeaseLost => {
-                lease.mark_lost("the store refused to renew the claim");
-                return;
-            }
-            Err(error) => {
-                let now = Instant::now();
-                if now >= lease.held_until() {
-                    lease.mark_lost("no renewal succeeded for a whole lease");
-                    return;
-                }
-                tracing::warn!(%error, "could not renew the lease of a running request; retrying");
-                next = (now + period / 4).min(lease.held_until());
-            }
-        }
-    }
 }

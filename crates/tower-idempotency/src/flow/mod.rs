@@ -15,13 +15,14 @@
 //! because its response could not be stored.
 //!
 //! Files by role: `answer` (the answers the layer gives itself: problems, replays),
-//! `execute` (running the handler, detaching, panics), `lease` (renewal and the handler's
-//! [`Lease`](crate::Lease)), `buffer` (reading the response to store it), `outcome`
-//! (complete / release with retries).
+//! `execute` (running the handler, detaching, panics), `keeper` (the task renewing running
+//! claims), `lease` (the handler's [`Lease`](crate::Lease)), `buffer` (reading the response
+//! to store it), `outcome` (complete / release with retries).
 
 mod answer;
 mod buffer;
 mod execute;
+mod keeper;
 pub(crate) mod lease;
 mod outcome;
 
@@ -35,7 +36,7 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
-pub(crate) use self::answer::reject;
+pub(crate) use self::{answer::reject, keeper::LeaseKeeper};
 use crate::{
     Fingerprint, IdempotencyKey, Scope,
     body::{RequestBody, ResponseBody},
@@ -71,7 +72,7 @@ where
         Ok(body) => body,
         Err(kind) => return Ok(reject(&config, kind)),
     };
-    let fingerprint = Fingerprint::of_request(&parts.method, &parts.uri, &parts.headers, &body); // TODO(of_parts)
+    let fingerprint = Fingerprint::of_parts(&parts, &body);
     let id = RecordId::new(scope.as_bytes(), &key);
     let span = tracing::debug_span!("idempotency", record = ?id);
     async move {

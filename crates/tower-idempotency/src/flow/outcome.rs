@@ -14,6 +14,9 @@ use crate::{
 
 /// First pause between two attempts to store a response; it doubles up to a quarter lease.
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+/// Attempts to store a response before giving up: about 150 ms of pauses, enough for a
+/// failover or a dropped connection, short enough not to hold the caller's answer long.
+const COMPLETE_ATTEMPTS: u32 = 5;
 
 /// Stores (or releases) the outcome of a handler that ran, then hands back its answer.
 pub(super) async fn record<St, B, E>(
@@ -47,7 +50,7 @@ where
     }
 }
 
-/// Completes the record, retrying while the lease lasts. The key is never released here:
+/// Completes the record, retrying a few times within the lease. The key is never released here:
 /// the handler ran, and a freed key would let a retry run it again.
 async fn complete<St: IdempotencyStore>(
     config: &Config<St>,
@@ -80,7 +83,7 @@ async fn complete<St: IdempotencyStore>(
             _ => {}
         }
         let retry_at = Instant::now() + backoff;
-        if retry_at >= lease.held_until() {
+        if attempt >= COMPLETE_ATTEMPTS || retry_at >= lease.held_until() {
             tracing::error!(
                 %error,
                 attempts = attempt,
