@@ -51,8 +51,12 @@ pub enum StoreFailurePolicy {
         /// Sent as `Retry-After`.
         retry_after: Duration,
     },
-    /// Execute the request without deduplication. Availability over exactly-once: pick this
-    /// only if the handler has its own guard against duplicates.
+    /// Execute the request without deduplication when the store is unreachable or full.
+    /// Availability over exactly-once: pick this only if the handler has its own guard
+    /// against duplicates. A store that answers but is misconfigured or returns records it
+    /// cannot read ([`StoreErrorKind::Backend`](crate::store::StoreErrorKind::Backend),
+    /// [`Corrupt`](crate::store::StoreErrorKind::Corrupt)) is still refused (503), and logged
+    /// at error level: failing open would hide it.
     FailOpen,
 }
 

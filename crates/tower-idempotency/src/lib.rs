@@ -104,18 +104,19 @@
 //! [`store::memory::MemoryStore`] (bounded, TTL, sharded) is the default for one instance.
 //! For several instances behind a load balancer use a shared store: Redis
 //! (`tower-idempotency-redis`) or PostgreSQL (`tower-idempotency-postgres`). Write your own by
-//! implementing [`store::IdempotencyStore`] and running the [`testing`] conformance suite.
+//! implementing [`store::IdempotencyStore`] and running the conformance suite in `testing`
+//! (feature `test-suite`).
 //!
 //! # Feature flags
 //!
 //! | feature | what it adds |
 //! |---|---|
 //! | `axum` (default) | fingerprints by axum's `OriginalUri`, so nested routers never share records |
-//! | `test-suite` | [`testing`]: the store conformance suite |
+//! | `test-suite` | `testing`: the store conformance suite (`store_conformance_tests!`) |
 //!
 //! # Observability
 //!
-//! `tracing` events under an `idempotency` span, and [`metrics`](crate::metrics) counters per
+//! `tracing` events under an `idempotency` span, and [`metrics`] counters per
 //! outcome (`unrecorded` among them), lost leases, and a store-latency histogram.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]

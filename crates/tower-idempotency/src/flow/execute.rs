@@ -14,6 +14,7 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
+use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
@@ -28,9 +29,38 @@ use crate::{
     IdempotencyKey,
     body::RequestBody,
     layer::Config,
+    metrics::timed,
     problem::ProblemKind,
     store::{FencingToken, IdempotencyStore, RecordId},
 };
+
+/// The lease of a claim sent at `sent`. A claim that came back late (a slow store, a long
+/// queue) may have little of its lease left: it is renewed before the handler starts, and if
+/// that fails nothing runs (`None`; the key is released where that is still possible).
+pub(super) async fn fresh_lease<St: IdempotencyStore>(
+    config: &Config<St>,
+    id: &RecordId,
+    token: FencingToken,
+    sent: Instant,
+) -> Option<Lease> {
+    let lease = Lease::starting_at(sent, config.lease);
+    let left = lease.held_until().saturating_duration_since(Instant::now());
+    if left >= config.lease / 2 {
+        return Some(lease);
+    }
+    let renewed_at = Instant::now();
+    match timed("renew", config.store.renew(id, token, config.lease)).await {
+        Ok(()) => {
+            lease.renewed(renewed_at, config.lease);
+            Some(lease)
+        }
+        Err(error) => {
+            tracing::warn!(%error, ?left, "a late claim could not be renewed; running nothing");
+            release(config, id, token).await;
+            None
+        }
+    }
+}
 
 /// Runs the inner service to completion and records its outcome before answering, even if
 /// the caller goes away: the work is polled in the caller's task, and moved to a task of its
@@ -42,6 +72,7 @@ pub(super) async fn execute<S, St, ReqBody, ResBody>(
     key: IdempotencyKey,
     id: RecordId,
     token: FencingToken,
+    lease: Lease,
 ) -> Answer<ResBody, S::Error>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
@@ -51,7 +82,6 @@ where
     ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
-    let lease = Lease::new(config.lease);
     request.extensions_mut().insert(key);
     request.extensions_mut().insert(lease.clone());
     let detached = Arc::new(AtomicBool::new(false));

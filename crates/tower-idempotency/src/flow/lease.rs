@@ -37,8 +37,9 @@ struct Times {
 }
 
 impl Lease {
-    pub(crate) fn new(lease: Duration) -> Self {
-        let now = Instant::now();
+    /// A lease of `lease` that started no earlier than `start`.
+    pub(crate) fn starting_at(start: Instant, lease: Duration) -> Self {
+        let now = start;
         Self(Arc::new(State {
             lost: CancellationToken::new(),
             times: Mutex::new(Times {
@@ -71,7 +72,7 @@ impl Lease {
     }
 
     /// A renewal sent at `sent` succeeded.
-    pub(super) fn renewed(&self, sent: Instant, lease: Duration) {
+    pub(crate) fn renewed(&self, sent: Instant, lease: Duration) {
         *self.times() = Times {
             held_until: later(sent, lease),
             renew_at: later(sent, lease / 3),

@@ -83,12 +83,18 @@ where
         };
         let mut poll_interval = Duration::from_millis(10);
         loop {
+            // The store starts the lease when it writes the claim, after this: timing it from
+            // here never overestimates what is left.
+            let sent = Instant::now();
             let claim = timed("claim", config.store.claim(&id, &fingerprint, config.lease)).await;
             match claim {
                 Ok(Claim::Acquired(token)) => {
                     tracing::debug!("claimed; executing");
+                    let Some(lease) = execute::fresh_lease(&config, &id, token, sent).await else {
+                        return Ok(reject(&config, ProblemKind::StoreUnavailable));
+                    };
                     let request = Request::from_parts(parts, RequestBody::buffered(body));
-                    return execute::execute(config, inner, request, key, id, token).await;
+                    return execute::execute(config, inner, request, key, id, token, lease).await;
                 }
                 Ok(Claim::Completed(record)) => {
                     if record.fingerprint != fingerprint {
@@ -115,14 +121,23 @@ where
                     poll_interval = (poll_interval * 2).min(MAX_POLL_INTERVAL);
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "idempotency store failed");
                     let kind = match error.kind() {
                         StoreErrorKind::CapacityExhausted => ProblemKind::StoreFull,
                         _ => ProblemKind::StoreUnavailable,
                     };
+                    // Failing open is for a store that is down or full, never for one that is
+                    // misconfigured or holds records it cannot read: those are refused.
+                    let transient = matches!(
+                        error.kind(),
+                        StoreErrorKind::Unavailable | StoreErrorKind::CapacityExhausted
+                    );
+                    if transient {
+                        tracing::warn!(%error, "idempotency store failed");
+                    } else {
+                        tracing::error!(%error, "idempotency store misconfigured or corrupt; refusing the request");
+                    }
                     return match config.on_store_failure {
-                        StoreFailurePolicy::FailClosed { .. } => Ok(reject(&config, kind)),
-                        StoreFailurePolicy::FailOpen => {
+                        StoreFailurePolicy::FailOpen if transient => {
                             record_outcome(Outcome::StoreError);
                             let mut request =
                                 Request::from_parts(parts, RequestBody::buffered(body));
@@ -130,6 +145,7 @@ where
                             let response = inner.oneshot(request).await?;
                             Ok(response.map(ResponseBody::inner))
                         }
+                        _ => Ok(reject(&config, kind)),
                     };
                 }
             }

@@ -34,7 +34,7 @@
 //!    [`max_record_bytes`](IdempotencyStore::max_record_bytes), and the layer refuses a
 //!    configuration whose responses could never fit.
 //!
-//! [`testing`](crate::testing) holds a conformance suite that checks all of this against any
+//! `tower_idempotency::testing` holds a conformance suite that checks all of this against any
 //! implementation (feature `test-suite`).
 
 mod dyn_store;
