@@ -1,30 +1,24 @@
 //! The layer around a plain hyper 1 service (no axum), served over TCP.
 
-use std::{
-    convert::Infallible,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-};
+use std::convert::Infallible;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::{rt::TokioIo, service::TowerToHyperService};
 use tower::ServiceBuilder;
 use tower_idempotency::{IdempotencyLayer, RequestBody, store::memory::MemoryStore};
+use tower_idempotency_testkit::{Count, serve, unique};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn works_around_a_plain_hyper_service() {
-    let executions = Arc::new(AtomicUsize::new(0));
+    let executions = Count::new("handler executions");
     let counter = executions.clone();
     let handler = tower::service_fn(move |req: Request<RequestBody<Incoming>>| {
         let counter = counter.clone();
         async move {
             let body = req.into_body().collect().await.unwrap().to_bytes();
-            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            let n = counter.increment();
             let mut response = Response::new(Full::new(Bytes::from(format!(
                 "run {n} of {} bytes",
                 body.len()
@@ -36,26 +30,14 @@ async fn works_around_a_plain_hyper_service() {
     let service = ServiceBuilder::new()
         .layer(IdempotencyLayer::new(MemoryStore::default()).allow_unscoped(true))
         .service(handler);
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let service = TowerToHyperService::new(service.clone());
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let server = serve(service).await;
 
     let client = reqwest::Client::new();
+    let key = unique("plain-hyper");
     let send = || {
         client
-            .post(format!("http://{addr}/anything"))
-            .header("idempotency-key", "plain-hyper")
+            .post(server.url("/anything"))
+            .header("idempotency-key", &key)
             .body(vec![0u8, 255, 1, 254])
             .send()
     };
@@ -66,5 +48,5 @@ async fn works_around_a_plain_hyper_service() {
     let retry = send().await.unwrap();
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     assert_eq!(retry.bytes().await.unwrap(), first);
-    assert_eq!(executions.load(Ordering::SeqCst), 1);
+    assert_eq!(executions.get(), 1);
 }
