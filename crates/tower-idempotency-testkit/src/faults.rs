@@ -49,6 +49,8 @@ struct Script {
     injected: usize,
     /// Calls seen so far.
     calls: usize,
+    /// The lease (claim, renew) or TTL (complete) of the last call.
+    last_duration: Option<Duration>,
 }
 
 /// The fault plan shared by a test and its [`Faulty`] store: what to inject next, and what
@@ -104,16 +106,27 @@ impl Faults {
         self.lock()[operation.index()].calls
     }
 
+    /// The lease (claim, renew) or TTL (complete) the layer asked for in its last call of
+    /// `operation`.
+    pub fn last_duration(&self, operation: Operation) -> Option<Duration> {
+        self.lock()[operation.index()].last_duration
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, [Script; OPERATIONS]> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Applies the plan to one call: waits, then says whether to fail it.
-    async fn before(&self, operation: Operation) -> Result<(), StoreError> {
+    async fn before(
+        &self,
+        operation: Operation,
+        duration: Option<Duration>,
+    ) -> Result<(), StoreError> {
         let (delay, fault) = {
             let mut plan = self.lock();
             let script = &mut plan[operation.index()];
             script.calls += 1;
+            script.last_duration = duration.or(script.last_duration);
             let fault = match script.kind {
                 Some(kind) if script.fail > 0 => {
                     if script.fail != usize::MAX {
@@ -159,7 +172,7 @@ impl<St: IdempotencyStore> IdempotencyStore for Faulty<St> {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        self.faults.before(Operation::Claim).await?;
+        self.faults.before(Operation::Claim, Some(lease)).await?;
         self.inner.claim(id, fingerprint, lease).await
     }
 
@@ -169,7 +182,7 @@ impl<St: IdempotencyStore> IdempotencyStore for Faulty<St> {
         token: FencingToken,
         lease: Duration,
     ) -> Result<(), StoreError> {
-        self.faults.before(Operation::Renew).await?;
+        self.faults.before(Operation::Renew, Some(lease)).await?;
         self.inner.renew(id, token, lease).await
     }
 
@@ -180,12 +193,12 @@ impl<St: IdempotencyStore> IdempotencyStore for Faulty<St> {
         response: Bytes,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.faults.before(Operation::Complete).await?;
+        self.faults.before(Operation::Complete, Some(ttl)).await?;
         self.inner.complete(id, token, response, ttl).await
     }
 
     async fn release(&self, id: &RecordId, token: FencingToken) -> Result<(), StoreError> {
-        self.faults.before(Operation::Release).await?;
+        self.faults.before(Operation::Release, None).await?;
         self.inner.release(id, token).await
     }
 

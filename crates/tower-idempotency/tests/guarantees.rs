@@ -157,6 +157,17 @@ async fn a_response_limit_the_store_can_never_hold_is_refused_when_the_layer_is_
     fine.validate().unwrap();
 }
 
+#[test]
+#[should_panic(expected = "max_response_body")]
+fn wrapping_a_service_with_an_impossible_response_limit_fails_at_start_up() {
+    let store = MemoryStore::builder().max_bytes(64 * 1024).build();
+    let layer = IdempotencyLayer::new(store).max_response_body(1024 * 1024);
+    let handler = tower::service_fn(|_: Request<RequestBody<Body>>| async {
+        Ok::<_, Infallible>(Response::new(Body::empty()))
+    });
+    let _ = tower::Layer::layer(&layer, handler);
+}
+
 // 3. Lease renewal is not starved by the handler.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,6 +408,66 @@ async fn extreme_durations_are_clamped_not_panicked_on() {
     assert_eq!(server.executions(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_durations_reach_the_store_and_the_client_clamped() {
+    use tower_idempotency::{MAX_LEASE, MAX_TTL, MAX_WAIT, MIN_LEASE};
+    let faults = Faults::new();
+    let layer_of = |faults: &Faults| layer(faults.wrap(MemoryStore::default()));
+    let server = TestServer::start(layer_of(&faults).lease(Duration::MAX).ttl(Duration::MAX)).await;
+    let r = server
+        .post(&unique("user"), &unique("key"), ORDER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(faults.last_duration(Operation::Claim), Some(MAX_LEASE));
+    assert_eq!(faults.last_duration(Operation::Complete), Some(MAX_TTL));
+
+    let faults = Faults::new();
+    let server = TestServer::start(layer_of(&faults).lease(Duration::ZERO)).await;
+    server
+        .post(&unique("user"), &unique("key"), ORDER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(faults.last_duration(Operation::Claim), Some(MIN_LEASE));
+
+    // What the client is told to wait.
+    let max_wait = MAX_WAIT.as_secs().to_string();
+    let faults = Faults::new();
+    faults.fail(Operation::Claim, 1, StoreErrorKind::Unavailable);
+    let server = TestServer::start(layer_of(&faults).on_store_failure(
+        StoreFailurePolicy::FailClosed {
+            retry_after: Duration::MAX,
+        },
+    ))
+    .await;
+    let r = server
+        .post(&unique("user"), &unique("key"), ORDER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["retry-after"], max_wait.as_str());
+    assert_problem(r, 503, "store-unavailable").await;
+
+    let server = TestServer::start(layer_of(&Faults::new()).in_flight(InFlightPolicy::Reject {
+        retry_after: Duration::MAX,
+    }))
+    .await;
+    let (user, key, gate) = (unique("user"), unique("key"), unique("gate"));
+    let held = server
+        .post(&user, &key, ORDER)
+        .header("x-gate", &gate)
+        .send();
+    let held = tokio::spawn(held);
+    server.gate(&gate).started().await;
+    let r = server.post(&user, &key, ORDER).send().await.unwrap();
+    assert_eq!(r.headers()["retry-after"], max_wait.as_str());
+    assert_problem(r, 409, "key-in-use").await;
+    server.gate(&gate).open();
+    assert_eq!(held.await.unwrap().unwrap().status(), 201);
+}
+
 // 8. A panicking handler's key is released before its 500 is sent.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -489,6 +560,66 @@ async fn waiting_duplicates_do_not_hold_the_inner_services_capacity() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_is_answered_while_the_inner_service_is_full() {
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let go = Arc::new(tokio::sync::Semaphore::new(0));
+    let handler = {
+        let go = go.clone();
+        tower::service_fn(
+            move |request: Request<RequestBody<hyper::body::Incoming>>| {
+                let (started_tx, go) = (started_tx.clone(), go.clone());
+                async move {
+                    if request.headers().contains_key("x-hold") {
+                        let _ = started_tx.send(());
+                        go.acquire().await.map(|permit| permit.forget()).ok();
+                    }
+                    let mut response =
+                        Response::new(http_body_util::Full::new(Bytes::from("done")));
+                    *response.status_mut() = StatusCode::CREATED;
+                    Ok::<_, Infallible>(response)
+                }
+            },
+        )
+    };
+    let service = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(MemoryStore::default()).allow_unscoped(true))
+        .concurrency_limit(2)
+        .service(handler);
+    let served = serve(service).await;
+    let client = reqwest::Client::new();
+    let url = served.url("/");
+    let post = |key: &str, hold: bool| {
+        let mut request = client.post(&url).header("idempotency-key", key);
+        if hold {
+            request = request.header("x-hold", "1");
+        }
+        tokio::spawn(request.send())
+    };
+    let done = unique("done");
+    assert_eq!(post(&done, false).await.unwrap().unwrap().status(), 201);
+    // Both slots of the inner service are taken by running handlers...
+    let held: Vec<_> = (0..2)
+        .map(|n| post(&unique(&format!("held-{n}")), true))
+        .collect();
+    for _ in 0..2 {
+        signal("a held handler to start", started.recv()).await;
+    }
+    // ... and a retry of a finished key is still answered, from the store.
+    let replay = signal(
+        "the replay while the inner service is full",
+        post(&done, false),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    go.add_permits(2);
+    for request in held {
+        assert_eq!(request.await.unwrap().unwrap().status(), 201);
+    }
+}
+
 // 10. Trailers reach the first caller, and are stored with the response.
 
 #[tokio::test]
@@ -529,7 +660,12 @@ async fn trailers_reach_the_caller_and_every_replay() {
             attempt == 1
         );
         let collected = response.into_body().collect().await.unwrap();
-        assert_eq!(collected.trailers().unwrap()["x-checksum"], "c0ffee");
+        let trailers = collected.trailers();
+        assert_eq!(
+            trailers.map(|t| &t["x-checksum"]),
+            Some(&HeaderValue::from_static("c0ffee")),
+            "trailers of attempt {attempt}"
+        );
         assert_eq!(&collected.to_bytes()[..], b"payload");
     }
     assert_eq!(executions.load(Ordering::SeqCst), 1);
