@@ -7,6 +7,10 @@
 //! - [`silence_all`](Relay::silence_all): new connections are accepted and silenced too (the
 //!   server is unreachable), until [`restore`](Relay::restore).
 //! - [`reset_all`](Relay::reset_all): every open connection is closed at once.
+//! - [`lose_replies`](Relay::lose_replies): the next replies the server sends are dropped,
+//!   and their connections closed — the request was executed, its answer lost (an HTTP
+//!   response, a Redis reply).
+//! - [`delay_replies`](Relay::delay_replies): replies are held for a while before they pass.
 //!
 //! Silenced connections stay silent for good: a connection that went dark does not come
 //! back in real networks either.
@@ -46,6 +50,11 @@ struct State {
     /// Bumped to make every connection re-check its fate (and by `reset_all`, to close).
     changes: watch::Sender<u64>,
     resets: AtomicU64,
+    /// Replies still to lose.
+    lose: AtomicUsize,
+    lost: AtomicUsize,
+    /// Milliseconds each reply waits before it passes.
+    delay_ms: AtomicU64,
 }
 
 impl Relay {
@@ -66,6 +75,9 @@ impl Relay {
             accepted: AtomicUsize::new(0),
             changes: watch::Sender::new(0),
             resets: AtomicU64::new(0),
+            lose: AtomicUsize::new(0),
+            lost: AtomicUsize::new(0),
+            delay_ms: AtomicU64::new(0),
         });
         let task = tokio::spawn(accept(listener, Arc::clone(&state)));
         Self { addr, state, task }
@@ -105,6 +117,23 @@ impl Relay {
         let next = self.state.next.load(Ordering::SeqCst);
         self.state.resets.store(next, Ordering::SeqCst);
         self.state.changes.send_modify(|n| *n += 1);
+    }
+
+    /// The next `n` replies (the first bytes the server sends after a request) are dropped
+    /// and their connections closed on both sides.
+    pub fn lose_replies(&self, n: usize) {
+        self.state.lose.store(n, Ordering::SeqCst);
+    }
+
+    /// Replies lost so far.
+    pub fn lost_replies(&self) -> usize {
+        self.state.lost.load(Ordering::SeqCst)
+    }
+
+    /// Every reply waits `delay` before it passes (zero: none).
+    pub fn delay_replies(&self, delay: std::time::Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.state.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Connections open now (silent ones included).
@@ -196,12 +225,29 @@ async fn connection(client: TcpStream, number: u64, state: &State) -> io::Result
             },
             read = server_rx.read(&mut down) => match read? {
                 0 => return Ok(()),
-                n if !silent() => client_tx.write_all(&down[..n]).await?,
+                _ if take_one(&state.lose) => {
+                    state.lost.fetch_add(1, Ordering::SeqCst);
+                    return Ok(()); // both halves drop: the connection closes, the reply is gone
+                }
+                n if !silent() => {
+                    let delay = state.delay_ms.load(Ordering::SeqCst);
+                    if delay > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                    }
+                    client_tx.write_all(&down[..n]).await?;
+                }
                 _ => {}
             },
             _ = changes.changed() => {}
         }
     }
+}
+
+/// Takes one unit from `counter` if it has any.
+fn take_one(counter: &AtomicUsize) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 #[cfg(test)]
@@ -265,5 +311,19 @@ mod tests {
             matches!(back.read(&mut buf).await, Ok(0) | Err(_)),
             "reset closes"
         );
+    }
+
+    #[tokio::test]
+    async fn loses_the_next_replies_then_passes_them() {
+        let relay = Relay::start(echo_server().await).await;
+        relay.lose_replies(1);
+        let mut first = TcpStream::connect(relay.addr()).await.unwrap();
+        assert!(
+            round_trip(&mut first).await.is_err(),
+            "the reply is lost, the connection closed"
+        );
+        assert_eq!(relay.lost_replies(), 1);
+        let mut second = TcpStream::connect(relay.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut second).await.unwrap(), b"ping");
     }
 }
