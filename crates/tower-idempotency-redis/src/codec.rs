@@ -29,6 +29,22 @@ pub(crate) fn token_bytes(token: FencingToken) -> [u8; TOKEN_LEN] {
     token.get().to_be_bytes()
 }
 
+/// Decodes what the claiming `SET ... NX GET` found under the key, for the claim that tried
+/// to create it with `token`.
+///
+/// An in-flight record under `token` itself is this very claim: an earlier attempt of the same
+/// command (re-sent after its reply was lost, by the cluster client or after a reconnection)
+/// created it. It is [`Claim::Acquired`], not someone else's claim in flight.
+pub(crate) fn decode_claim(value: Vec<u8>, token: FencingToken) -> Result<Claim, StoreError> {
+    if value.len() == HEADER_LEN
+        && value[0] == IN_FLIGHT
+        && value[1 + Fingerprint::LEN..] == token_bytes(token)
+    {
+        return Ok(Claim::Acquired(token));
+    }
+    decode(value)
+}
+
 /// Decodes an existing record (the reply of the claiming `SET ... GET`).
 ///
 /// Takes the value by ownership so a completed response is sliced out without a copy.
@@ -77,6 +93,26 @@ mod tests {
             decode(value.to_vec()).unwrap(),
             Claim::InFlight { fingerprint: FP }
         );
+    }
+
+    #[test]
+    fn a_claim_recognises_its_own_record() {
+        let token = FencingToken::new(0x0102_0304_0506_0708);
+        let own = in_flight(&FP, token).to_vec();
+        assert_eq!(decode_claim(own, token).unwrap(), Claim::Acquired(token));
+        // Someone else's claim in flight, even with our fingerprint, is in flight.
+        let other = in_flight(&FP, FencingToken::new(9)).to_vec();
+        assert_eq!(
+            decode_claim(other, token).unwrap(),
+            Claim::InFlight { fingerprint: FP }
+        );
+        // A completed record keeps the token of its owner: it is completed, not ours to run.
+        let mut completed = in_flight(&FP, token).to_vec();
+        completed[0] = COMPLETED;
+        assert!(matches!(
+            decode_claim(completed, token).unwrap(),
+            Claim::Completed(_)
+        ));
     }
 
     #[test]

@@ -19,9 +19,17 @@
 //!     .connect_cluster(&["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
 //!     .await?;
 //!
+//! // Or over TLS, with a certificate a private CA issued.
+//! let ca = std::fs::read("/etc/redis/ca.pem").expect("the CA certificate");
+//! let secure = RedisStore::builder()
+//!     .tls_root_certificates(ca)
+//!     .connect("rediss://redis.internal:6380")
+//!     .await?;
+//!
 //! // For readiness probes.
 //! store.check().await?;
 //! clustered.check().await?;
+//! secure.check().await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -31,21 +39,33 @@
 //!
 //! Every operation is one atomic step on the server, sent as one command:
 //!
-//! | operation  | command                                                     |
-//! |------------|-------------------------------------------------------------|
-//! | `claim`    | `SET <key> <in-flight value> NX GET PX <lease ms>`          |
+//! | operation  | command                                                      |
+//! |------------|--------------------------------------------------------------|
+//! | `claim`    | `SET <key> <in-flight value> NX GET PX <lease ms>`           |
 //! | `complete` | `EVALSHA` of a script: check token, `SET <key> ... PX <ttl>` |
 //! | `renew`    | `EVALSHA` of a script: check token, `PEXPIRE <key> <lease>`  |
 //! | `release`  | `EVALSHA` of a script: check token, `DEL <key>`              |
-//! | `check`    | `PING` (to every primary of a cluster)                      |
+//! | `check`    | `PING` (to every primary of a cluster)                       |
 //!
 //! A first request therefore costs two round trips (claim, complete), and a replay, a
 //! `409 Conflict` or a `422` costs one (the claim, whose reply is the existing record). The
-//! scripts are loaded when the store connects; should a server have lost them (a restart, a
-//! new cluster node), the first `EVALSHA` there answers `NOSCRIPT` and the script is loaded
-//! and run again, once.
+//! scripts are loaded when the store connects (on every primary of a cluster, never on
+//! replicas); should a server have lost them (a restart, `SCRIPT FLUSH`, a new cluster node),
+//! its `EVALSHA` answers `NOSCRIPT` and the script is sent once with `EVAL` to the key's own
+//! primary, which caches it again. No other node is involved, so a paused replica or an
+//! unreachable shard never blocks a `complete` elsewhere.
 //!
-//! `SET ... NX GET` needs **Redis 7.0 or later** (or a compatible server, such as Valkey).
+//! The store needs **Redis 7.0 or later** (or a compatible server, such as Valkey):
+//! `SET ... NX GET`, and scripts that declare their flags.
+//!
+//! # TLS
+//!
+//! `rediss://` URLs connect over TLS (rustls). The server's certificate is verified against
+//! the operating system's trusted roots, or only against the CAs given to
+//! [`RedisStoreBuilder::tls_root_certificates`]; it must be valid for the host in the URL.
+//! [`RedisStoreBuilder::tls_client_certificate`] adds a client certificate for servers that
+//! require one. A certificate that is not trusted is a misconfiguration
+//! ([`StoreErrorKind::Backend`]), not an outage.
 //!
 //! # Keys and values
 //!
@@ -83,15 +103,45 @@
 //!
 //! # Failures
 //!
-//! Every Redis error maps to a [`StoreError`] that keeps it as its source: connection, I/O and
-//! timeout errors, and a cluster that is down or failing over, are
-//! [`StoreErrorKind::Unavailable`] (the layer answers 503 or fails open, as configured). An
-//! operation never waits longer than the connect timeout plus the response timeout (1 s each
-//! by default), so an outage fails fast instead of piling up requests.
+//! Every Redis error maps to a [`StoreError`] that keeps it as its source:
 //!
-//! The store reconnects by itself: a single-node store after the server restarts (the first
-//! operation after an outage reconnects), a cluster store after nodes restart or slots move.
-//! No new store needs to be built.
+//! - [`StoreErrorKind::Unavailable`]: the server cannot be reached or did not answer in time,
+//!   or the cluster is down, failing over or resharding. The layer answers 503 or fails open,
+//!   as configured.
+//! - [`StoreErrorKind::CapacityExhausted`]: Redis reached its `maxmemory` and may not evict
+//!   (`OOM`). A claim of a new key is refused (503 `store-full`); a replay, a 409 or a 422 is
+//!   still answered (the claim then reads the record with a `GET`, one more round trip, as
+//!   `GET` is allowed at `maxmemory`). An owner can still renew, release, and complete with a
+//!   record of up to [`RESERVED_RECORD_BYTES`](tower_idempotency::store::RESERVED_RECORD_BYTES)
+//!   (the scripts doing so run with `allow-oom`), so a request that ran is always recorded.
+//! - [`StoreErrorKind::Backend`]: what does not pass by itself: a wrong password or missing
+//!   ACL permissions, an untrusted TLS certificate, a server older than 7.0, an invalid URL.
+//!   The layer refuses requests on these even when it fails open.
+//!
+//! An operation never waits longer than the connect timeout plus the response timeout (1 s
+//! each by default), so an outage fails fast instead of piling up requests.
+//!
+//! The store reconnects by itself; no new store needs to be built:
+//!
+//! - **Single node**: a connection that was closed (a restart, a reset) is replaced by the
+//!   next operation, and so is one that went **silent**: a command that waited a whole
+//!   response timeout while nothing at all arrived on its connection condemns it (TCP
+//!   keepalive and, on Linux, `TCP_USER_TIMEOUT` also close connections to a peer that
+//!   vanished). A claim or a renewal that met a dead connection is sent once more on a new
+//!   one within its deadline, so claims succeed again within about one response timeout of a
+//!   connection going dark.
+//! - **Cluster**: the cluster client reconnects after nodes restart or slots move. It retries a
+//!   command that timed out on the same connection rather than replacing it, so a connection
+//!   to a node that went silent is only closed by TCP: `TCP_USER_TIMEOUT` (twice the deadline)
+//!   when the node vanished with bytes unacknowledged, keepalive probes when it was idle.
+//!
+//! A claim whose reply was lost may be sent again (by the cluster client, or after a
+//! reconnection) and find its own in-flight record: the claim recognises its own fencing
+//! token and answers [`Claim::Acquired`]. When a claim fails with its outcome unknown
+//! (a timeout, a connection lost after sending), the store sends a token-checked release in
+//! the background, so that a record the failed claim may have created does not block the key
+//! for a whole lease while nobody runs it (the layer answered 503 and ran nothing). The
+//! release is best effort: the lease bounds what it misses.
 //!
 //! Exactly-once holds as long as Redis keeps what it acknowledged. Two things to know:
 //! replication is asynchronous, so a failover can lose the newest records (a retry may then
@@ -99,31 +149,45 @@
 //! ones included, under memory pressure. Prefer a primary with `maxmemory-policy noeviction`
 //! (or enough memory) for idempotency records.
 
+mod builder;
 mod codec;
+mod connection;
+mod error;
 mod scripts;
+mod single;
 
-use std::{fmt, future::Future, io, time::Duration};
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
-use redis::{
-    Cmd, RedisError, RedisFuture, Value,
-    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
-    cluster::ClusterClient,
-    cluster_async::ClusterConnection,
-};
+use redis::Value;
 use tower_idempotency::{
     Fingerprint,
     store::{Claim, FencingToken, IdempotencyStore, RecordId, StoreError, StoreErrorKind},
 };
 
+pub use self::builder::RedisStoreBuilder;
+use self::{
+    connection::{Connection, Resend},
+    error::within,
+    scripts::Script,
+};
+
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "idempotency:";
 
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// Largest lease or TTL sent to Redis (about 35,000 years), well inside what `PX` accepts.
 const MAX_MILLIS: u64 = 1 << 50;
+
+/// Releases of failed claims running in the background at most; past that (a long outage
+/// with heavy traffic), failed claims are left to their leases.
+const MAX_BACKGROUND_RELEASES: usize = 256;
 
 /// A Redis-backed [`IdempotencyStore`]; see the [crate docs](crate) for how it stores records.
 ///
@@ -135,125 +199,20 @@ pub struct RedisStore {
     prefix: Box<str>,
     /// The longest any one operation may take, reconnecting included.
     deadline: Duration,
-}
-
-/// Configures and connects a [`RedisStore`].
-#[derive(Debug, Clone)]
-pub struct RedisStoreBuilder {
-    prefix: String,
-    connect_timeout: Duration,
-    response_timeout: Duration,
-}
-
-impl Default for RedisStoreBuilder {
-    fn default() -> Self {
-        Self {
-            prefix: DEFAULT_PREFIX.to_owned(),
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
-        }
-    }
-}
-
-impl RedisStoreBuilder {
-    /// The prefix of every key the store writes (default `"idempotency:"`). Give each
-    /// application sharing a Redis its own.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// How long one attempt to connect to a server may take (default 1 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// How long to wait for the reply to a command (default 1 s).
-    ///
-    /// An operation as a whole, reconnecting included, fails with
-    /// [`StoreErrorKind::Unavailable`] after the connect timeout plus this.
-    pub fn response_timeout(mut self, timeout: Duration) -> Self {
-        self.response_timeout = timeout;
-        self
-    }
-
-    fn deadline(&self) -> Duration {
-        self.connect_timeout.saturating_add(self.response_timeout)
-    }
-
-    /// Connects to a single Redis server, e.g. `redis://127.0.0.1:6379`,
-    /// `redis://:password@host:6379/2` or `rediss://...` where the `redis` crate supports it.
-    ///
-    /// The connection is multiplexed (all clones and concurrent requests share it) and
-    /// reconnects by itself when the server goes away and comes back.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreErrorKind::Unavailable`] if the server cannot be reached in time,
-    /// [`StoreErrorKind::Backend`] if the URL is invalid or the server refuses the scripts.
-    pub async fn connect(self, url: &str) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| config_error("a Redis URL", e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.response_timeout))
-            // Retry a failed (re)connection once, shortly: an outage must fail fast, and the
-            // next operation starts another attempt anyway.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(self.connect_timeout.min(Duration::from_millis(500)));
-        let deadline = self.deadline();
-        let manager = within(deadline, ConnectionManager::new_with_config(client, config)).await?;
-        self.finish(Connection::Single(manager)).await
-    }
-
-    /// Connects to a Redis Cluster through any of its nodes, e.g.
-    /// `["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]`. The rest of the cluster is
-    /// discovered from them.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreErrorKind::Unavailable`] if the cluster cannot be reached in time,
-    /// [`StoreErrorKind::Backend`] if no or an invalid URL was given.
-    pub async fn connect_cluster<I, S>(self, urls: I) -> Result<RedisStore, StoreError>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        let urls: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
-        if urls.is_empty() {
-            return Err(StoreError::new(
-                StoreErrorKind::Backend,
-                "connect_cluster needs the URL of at least one cluster node",
-            ));
-        }
-        let deadline = self.deadline();
-        let client = ClusterClient::builder(urls)
-            .connection_timeout(self.connect_timeout)
-            .response_timeout(self.response_timeout)
-            .overall_response_timeout(Some(deadline))
-            // Redirects and retries after a refused connection wait 20 ms and up: the default
-            // (1.28 s at least) would outlast the deadline.
-            .min_retry_wait(20)
-            .max_retry_wait(500)
-            .build()
-            .map_err(|e| config_error("Redis Cluster URLs", e))?;
-        let connection = within(deadline, client.get_async_connection()).await?;
-        self.finish(Connection::Cluster(connection)).await
-    }
-
-    async fn finish(self, connection: Connection) -> Result<RedisStore, StoreError> {
-        let store = RedisStore {
-            connection,
-            deadline: self.deadline(),
-            prefix: self.prefix.into(),
-        };
-        store.load_scripts().await?;
-        Ok(store)
-    }
+    /// Background releases of failed claims now running.
+    releases: Arc<AtomicUsize>,
 }
 
 impl RedisStore {
+    fn new(connection: Connection, prefix: Box<str>, deadline: Duration) -> Self {
+        Self {
+            connection,
+            prefix,
+            deadline,
+            releases: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
     /// A builder with the defaults: prefix `"idempotency:"`, 1 s connect and response timeouts.
     pub fn builder() -> RedisStoreBuilder {
         RedisStoreBuilder::default()
@@ -301,81 +260,81 @@ impl RedisStore {
         key
     }
 
-    async fn load_scripts(&self) -> Result<(), StoreError> {
-        for script in scripts::all() {
-            self.run(|| {
-                let mut connection = self.connection.clone();
-                async move { script.load_async(&mut connection).await }
-            })
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// Runs `operation` within the deadline, mapping errors.
-    ///
-    /// On a single node, a command that failed because the connection was refused (it was
-    /// never sent: the server is down, or was down when the last reconnection was tried) is
-    /// tried once more, which reconnects: so the first operation after a restart succeeds.
-    async fn run<T, F, Fut>(&self, mut operation: F) -> Result<T, StoreError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = redis::RedisResult<T>>,
-    {
-        let single = matches!(self.connection, Connection::Single(_));
-        within(self.deadline, async {
-            match operation().await {
-                Err(error) if single && error.is_connection_refusal() => operation().await,
-                result => result,
-            }
-        })
-        .await
+    fn connection(&self) -> &Connection {
+        &self.connection
     }
 
     /// Runs a token-checked script and maps its answer.
     async fn run_script(
         &self,
-        script: &redis::Script,
-        key: String,
+        script: &Script,
+        key: &str,
         token: FencingToken,
         extra: &[&[u8]],
     ) -> Result<(), StoreError> {
-        let mut invocation = script.key(key);
-        invocation.arg(&codec::token_bytes(token)[..]);
-        for arg in extra {
-            invocation.arg(*arg);
-        }
-        let invocation = &invocation;
-        let answer: i64 = self
-            .run(|| {
-                let mut connection = self.connection.clone();
-                async move { invocation.invoke_async(&mut connection).await }
-            })
-            .await?;
+        let token = codec::token_bytes(token);
+        let mut args: Vec<&[u8]> = Vec::with_capacity(1 + extra.len());
+        args.push(&token);
+        args.extend_from_slice(extra);
+        let answer = within(self.deadline, script.run(&self.connection, key, &args)).await?;
         match answer {
-            1 => Ok(()),
-            0 => Err(StoreError::lease_lost()),
-            -1 => Err(codec::corrupt(
+            Value::Int(1) => Ok(()),
+            Value::Int(0) => Err(StoreError::lease_lost()),
+            Value::Int(-1) => Err(codec::corrupt(
                 "a stored value does not follow the record layout",
             )),
             other => Err(StoreError::new(
                 StoreErrorKind::Backend,
-                format!("a store script answered {other}, expected -1, 0 or 1"),
+                format!(
+                    "a store script answered {}, expected -1, 0 or 1",
+                    value_kind(&other)
+                ),
             )),
         }
+    }
+
+    /// After a claim failed with its outcome unknown: deletes the record the claim may have
+    /// created, if it is still in flight under its token, without making the caller wait.
+    fn release_in_background(&self, key: String, token: FencingToken) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.releases.fetch_add(1, Ordering::AcqRel) >= MAX_BACKGROUND_RELEASES {
+            self.releases.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let store = self.clone();
+        let running = Running(Arc::clone(&self.releases));
+        runtime.spawn(async move {
+            let _running = running;
+            match store.run_script(&scripts::RELEASE, &key, token, &[]).await {
+                Ok(()) => tracing::info!(
+                    "released the record of a claim whose reply was lost; the key is free"
+                ),
+                // Nothing (of ours) there: the failed claim created nothing.
+                Err(error) if error.kind() == StoreErrorKind::LeaseLost => {}
+                Err(error) => tracing::debug!(
+                    %error,
+                    "could not release after a failed claim; its lease frees the key"
+                ),
+            }
+        });
+    }
+}
+
+/// Counts one background release as running until dropped (finished or cancelled).
+struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
-            .field(
-                "mode",
-                &match self.connection {
-                    Connection::Single(_) => "single node",
-                    Connection::Cluster(_) => "cluster",
-                },
-            )
+            .field("mode", &self.connection.mode())
             .field("prefix", &self.prefix)
             .field("deadline", &self.deadline)
             .finish_non_exhaustive()
@@ -390,27 +349,32 @@ impl IdempotencyStore for RedisStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let token = new_token()?;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(id))
+        let key = self.key(id);
+        let mut set = redis::cmd("SET");
+        set.arg(&key)
             .arg(&codec::in_flight(fingerprint, token)[..])
             .arg("NX")
             .arg("GET")
             .arg("PX")
             .arg(millis(lease));
-        let cmd = &cmd;
-        let reply: Value = self
-            .run(|| {
-                let mut connection = self.connection.clone();
-                async move { cmd.query_async(&mut connection).await }
-            })
-            .await?;
-        match reply {
-            Value::Nil => Ok(Claim::Acquired(token)),
-            Value::BulkString(existing) => codec::decode(existing),
-            other => Err(codec::corrupt(format!(
-                "SET ... NX GET answered {}, expected nil or a string",
-                value_kind(&other)
-            ))),
+        match within(self.deadline, self.connection.query(&set, Resend::Safe)).await {
+            Ok(reply) => existing(reply, token, "SET ... NX GET"),
+            Err(full) if full.kind() == StoreErrorKind::CapacityExhausted => {
+                // At maxmemory Redis refuses every SET, even one that would change nothing;
+                // a record that exists can still be read, and answered from.
+                let mut get = redis::cmd("GET");
+                get.arg(&key);
+                match within(self.deadline, self.connection.query(&get, Resend::Safe)).await {
+                    Ok(Value::Nil) | Err(_) => Err(full),
+                    Ok(reply) => existing(reply, token, "GET"),
+                }
+            }
+            Err(error) => {
+                if error.kind() == StoreErrorKind::Unavailable {
+                    self.release_in_background(key, token);
+                }
+                Err(error)
+            }
         }
     }
 
@@ -421,7 +385,7 @@ impl IdempotencyStore for RedisStore {
         lease: Duration,
     ) -> Result<(), StoreError> {
         let lease = millis(lease).to_string();
-        self.run_script(&scripts::RENEW, self.key(id), token, &[lease.as_bytes()])
+        self.run_script(&scripts::RENEW, &self.key(id), token, &[lease.as_bytes()])
             .await
     }
 
@@ -434,8 +398,8 @@ impl IdempotencyStore for RedisStore {
     ) -> Result<(), StoreError> {
         let ttl = millis(ttl).to_string();
         self.run_script(
-            &scripts::COMPLETE,
-            self.key(id),
+            scripts::complete_for(response.len()),
+            &self.key(id),
             token,
             &[ttl.as_bytes(), &response],
         )
@@ -443,113 +407,25 @@ impl IdempotencyStore for RedisStore {
     }
 
     async fn release(&self, id: &RecordId, token: FencingToken) -> Result<(), StoreError> {
-        self.run_script(&scripts::RELEASE, self.key(id), token, &[])
+        self.run_script(&scripts::RELEASE, &self.key(id), token, &[])
             .await
     }
 
     async fn check(&self) -> Result<(), StoreError> {
-        let ping = redis::cmd("PING");
-        let ping = &ping;
-        self.run(|| {
-            let mut connection = self.connection.clone();
-            async move { ping.query_async::<Value>(&mut connection).await }
-        })
-        .await
-        .map(drop)
+        within(self.deadline, self.connection.ping()).await
     }
 }
 
-/// The connection behind a store: both kinds reconnect by themselves.
-#[derive(Clone)]
-enum Connection {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Connection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-/// Awaits `future` for at most `deadline`, mapping its error.
-async fn within<T>(
-    deadline: Duration,
-    future: impl Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(deadline, future).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(map_error(error)),
-        Err(_) => Err(StoreError::unavailable(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("Redis did not answer within {deadline:?}"),
+/// What a claim found: nothing (acquired), or an existing record.
+fn existing(reply: Value, token: FencingToken, command: &str) -> Result<Claim, StoreError> {
+    match reply {
+        Value::Nil => Ok(Claim::Acquired(token)),
+        Value::BulkString(existing) => codec::decode_claim(existing, token),
+        other => Err(codec::corrupt(format!(
+            "{command} answered {}, expected nil or a string",
+            value_kind(&other)
         ))),
     }
-}
-
-/// Maps a Redis error to the store's error kinds, keeping it as the source.
-fn map_error(error: RedisError) -> StoreError {
-    use redis::{ErrorKind as Kind, ServerErrorKind as Server};
-
-    let kind = match error.kind() {
-        Kind::Io | Kind::ClusterConnectionNotFound => StoreErrorKind::Unavailable,
-        // Loading a dump, a cluster that is down, failing over or resharding, a write that
-        // reached a demoted primary: all pass, so they are outages, not bugs.
-        Kind::Server(
-            Server::BusyLoading
-            | Server::TryAgain
-            | Server::ClusterDown
-            | Server::MasterDown
-            | Server::ReadOnly,
-        ) => StoreErrorKind::Unavailable,
-        // A key under the prefix that holds a hash, a list, ...
-        _ if error.code() == Some("WRONGTYPE") => StoreErrorKind::Corrupt,
-        _ => StoreErrorKind::Backend,
-    };
-    match kind {
-        StoreErrorKind::Unavailable => StoreError::unavailable(error),
-        StoreErrorKind::Corrupt => StoreError::new(
-            kind,
-            "a key under the store's prefix holds a non-string value",
-        )
-        .with_source(error),
-        _ if is_syntax_error(&error) => StoreError::new(
-            kind,
-            "Redis rejected the command; the store needs Redis 7.0 or later (SET ... NX GET)",
-        )
-        .with_source(error),
-        _ => StoreError::new(kind, "Redis reported an error").with_source(error),
-    }
-}
-
-fn is_syntax_error(error: &RedisError) -> bool {
-    error.code() == Some("ERR") && error.detail().is_some_and(|d| d.contains("syntax error"))
-}
-
-fn config_error(what: &str, error: RedisError) -> StoreError {
-    StoreError::new(StoreErrorKind::Backend, format!("invalid {what}")).with_source(error)
 }
 
 /// A random non-zero token.

@@ -11,6 +11,9 @@
 //!   and their connections closed — the request was executed, its answer lost (an HTTP
 //!   response, a Redis reply).
 //! - [`delay_replies`](Relay::delay_replies): replies are held for a while before they pass.
+//! - [`mute_replies_of_existing`](Relay::mute_replies_of_existing): on every connection open
+//!   now, commands still reach the server but its replies vanish, the connection staying
+//!   open — the outcome of every command in flight is unknown to the client.
 //!
 //! Silenced connections stay silent for good: a connection that went dark does not come
 //! back in real networks either.
@@ -55,6 +58,9 @@ struct State {
     lost: AtomicUsize,
     /// Milliseconds each reply waits before it passes.
     delay_ms: AtomicU64,
+    /// Connections below this number carry requests but no replies.
+    muted_below: AtomicU64,
+    muted_bytes: AtomicU64,
 }
 
 impl Relay {
@@ -78,6 +84,8 @@ impl Relay {
             lose: AtomicUsize::new(0),
             lost: AtomicUsize::new(0),
             delay_ms: AtomicU64::new(0),
+            muted_below: AtomicU64::new(0),
+            muted_bytes: AtomicU64::new(0),
         });
         let task = tokio::spawn(accept(listener, Arc::clone(&state)));
         Self { addr, state, task }
@@ -134,6 +142,17 @@ impl Relay {
     pub fn delay_replies(&self, delay: std::time::Duration) {
         let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         self.state.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// On every connection open now, requests pass and replies vanish from now on.
+    pub fn mute_replies_of_existing(&self) {
+        let next = self.state.next.load(Ordering::SeqCst);
+        self.state.muted_below.fetch_max(next, Ordering::SeqCst);
+    }
+
+    /// Reply bytes muted so far.
+    pub fn muted_bytes(&self) -> u64 {
+        self.state.muted_bytes.load(Ordering::SeqCst)
     }
 
     /// Connections open now (silent ones included).
@@ -228,6 +247,9 @@ async fn connection(client: TcpStream, number: u64, state: &State) -> io::Result
                 _ if take_one(&state.lose) => {
                     state.lost.fetch_add(1, Ordering::SeqCst);
                     return Ok(()); // both halves drop: the connection closes, the reply is gone
+                }
+                n if state.muted_below.load(Ordering::SeqCst) > number => {
+                    state.muted_bytes.fetch_add(n as u64, Ordering::SeqCst);
                 }
                 n if !silent() => {
                     let delay = state.delay_ms.load(Ordering::SeqCst);
@@ -325,5 +347,23 @@ mod tests {
         assert_eq!(relay.lost_replies(), 1);
         let mut second = TcpStream::connect(relay.addr()).await.unwrap();
         assert_eq!(round_trip(&mut second).await.unwrap(), b"ping");
+    }
+
+    #[tokio::test]
+    async fn muted_connections_carry_requests_but_no_replies() {
+        let relay = Relay::start(echo_server().await).await;
+        let mut old = TcpStream::connect(relay.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut old).await.unwrap(), b"ping");
+        relay.mute_replies_of_existing();
+        let muted =
+            tokio::time::timeout(std::time::Duration::from_millis(200), round_trip(&mut old)).await;
+        assert!(muted.is_err(), "no reply on the muted connection");
+        assert_eq!(
+            relay.muted_bytes(),
+            4,
+            "the request reached the server, its echo was muted"
+        );
+        let mut new = TcpStream::connect(relay.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut new).await.unwrap(), b"ping");
     }
 }

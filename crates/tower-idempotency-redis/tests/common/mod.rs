@@ -1,15 +1,21 @@
 //! Helpers shared by the integration tests: connecting to the servers the tests need (failing
-//! loudly, with instructions, when they are missing) and running dedicated `redis-server`s.
+//! loudly, with instructions, when they are missing) and running dedicated `redis-server`s
+//! (single, TLS, clustered) that are killed when dropped.
 
-#![allow(dead_code)] // each test binary uses its own subset
+#![allow(dead_code, unreachable_pub)] // each test binary uses its own subset
+
+pub(crate) mod cluster;
+pub(crate) mod tls;
 
 use std::{
     io::{self, BufRead, BufReader, Write},
-    net::{TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
+use tower_idempotency::store::{Claim, RecordId};
 use tower_idempotency_redis::RedisStore;
 
 /// The single-node server of the shared suite.
@@ -63,18 +69,79 @@ pub(crate) async fn cluster_store() -> RedisStore {
     }
 }
 
-/// A `redis-server` of the test's own, on a free loopback port, without persistence.
-/// Killed when dropped.
+/// Claims that returned `Acquired`, per id: the executions a layer would have started.
+#[derive(Debug, Default)]
+pub(crate) struct Executions(std::collections::HashMap<RecordId, usize>);
+
+impl Executions {
+    /// Counts `claim` if it acquired `id`.
+    pub(crate) fn record<E>(&mut self, id: &RecordId, claim: &Result<Claim, E>) {
+        if matches!(claim, Ok(Claim::Acquired(_))) {
+            *self.0.entry(*id).or_default() += 1;
+        }
+    }
+
+    /// Fails if any id was acquired more than once; returns how many ids were acquired.
+    pub(crate) fn assert_at_most_once(&self) -> usize {
+        for (id, n) in &self.0 {
+            assert!(
+                *n <= 1,
+                "{id:?} was acquired {n} times: its handler would run {n} times"
+            );
+        }
+        self.0.len()
+    }
+
+    pub(crate) fn of(&self, id: &RecordId) -> usize {
+        self.0.get(id).copied().unwrap_or(0)
+    }
+}
+
+/// Polls `ready` every 10 ms until it holds; fails the test naming `what` after `timeout`.
+pub(crate) fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A `redis-server` of the test's own, on a free loopback port, without persistence, in a
+/// directory of its own. Killed (and its directory removed) when dropped.
 pub(crate) struct DedicatedServer {
     port: u16,
+    args: Vec<String>,
+    dir: PathBuf,
     child: Option<Child>,
 }
 
 impl DedicatedServer {
     /// Starts a server on a free port and waits until it answers.
     pub(crate) fn start() -> Self {
-        let port = free_port();
-        let mut server = Self { port, child: None };
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments (`["--maxmemory", "2mb"]`).
+    pub(crate) fn start_with(args: &[&str]) -> Self {
+        Self::start_on(free_port(), args)
+    }
+
+    /// Starts a server on `port` with extra arguments.
+    pub(crate) fn start_on(port: u16, args: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "tower-idempotency-redis-{port}-{:08x}",
+            getrandom::u32().expect("the OS random number generator works")
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let mut server = Self {
+            port,
+            args: args.iter().map(|&a| a.to_owned()).collect(),
+            dir,
+            child: None,
+        };
         server.restart();
         server
     }
@@ -83,8 +150,29 @@ impl DedicatedServer {
         self.port
     }
 
+    pub(crate) fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's own directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The process id (while it runs).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
+    }
+
+    /// SIGSTOP: the process keeps its sockets (the kernel still accepts connections and
+    /// takes bytes) but answers nothing, until the guard is dropped (SIGCONT).
+    pub(crate) fn pause(&self) -> Paused {
+        signal(self.pid(), "STOP");
+        Paused(self.pid())
     }
 
     /// Kills the server (SIGKILL: no goodbye to the clients) and waits until it is gone.
@@ -103,7 +191,9 @@ impl DedicatedServer {
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+            .args(["--dir", &self.dir.to_string_lossy()])
+            .args(&self.args)
+            .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -123,7 +213,10 @@ impl DedicatedServer {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("redis-server on port {} exited with {status}", self.port);
+                panic!(
+                    "redis-server on port {} exited with {status} (arguments {:?})",
+                    self.port, self.args
+                );
             }
             assert!(
                 started.elapsed() < Duration::from_secs(10),
@@ -134,37 +227,76 @@ impl DedicatedServer {
         }
     }
 
+    /// A blocking connection of its own to the server.
+    pub(crate) fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .expect("a valid URL")
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("the dedicated server answers")
+    }
+
     /// Sends one command with a blocking client and returns its reply.
     pub(crate) fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
-        let client = redis::Client::open(self.url()).expect("a valid URL");
-        let mut connection = client
-            .get_connection()
-            .expect("the dedicated server answers");
-        cmd.query(&mut connection).expect("the command succeeds")
+        cmd.query(&mut self.connection())
+            .unwrap_or_else(|e| panic!("{cmd:?} on port {}: {e}", self.port))
+    }
+
+    /// Calls per command since the server started (`INFO commandstats`), `INFO` left out.
+    pub(crate) fn command_calls(&self) -> std::collections::BTreeMap<String, u64> {
+        let info: String = self.query(redis::cmd("INFO").arg("commandstats"));
+        info.lines()
+            .filter_map(|line| {
+                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = stats.split(',').find_map(|s| s.strip_prefix("calls="))?;
+                Some((name.to_owned(), calls.parse().ok()?))
+            })
+            .filter(|(name, _)| name != "info")
+            .collect()
     }
 }
 
 impl Drop for DedicatedServer {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn free_port() -> u16 {
+/// A process stopped with SIGSTOP; continued (SIGCONT) when dropped.
+#[must_use = "the process is continued when the guard is dropped"]
+pub(crate) struct Paused(u32);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("`kill` runs");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free loopback port")
         .port()
 }
 
-/// An inline PING, without the client under test.
+/// An inline PING, without the client under test: any answer (`+PONG`, or `-NOAUTH` from a
+/// server with a password) means it is up.
 fn ping(port: u16) -> io::Result<()> {
     let stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
     (&stream).write_all(b"PING\r\n")?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
-    if line.starts_with("+PONG") {
+    if line.starts_with("+PONG") || line.starts_with("-NOAUTH") {
         Ok(())
     } else {
         Err(io::Error::other(format!("unexpected reply {line:?}")))

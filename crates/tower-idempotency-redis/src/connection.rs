@@ -1,0 +1,84 @@
+//! The connection behind a store: one server or a cluster, both reconnecting by themselves.
+
+use redis::{
+    Cmd, RedisResult, Value,
+    aio::ConnectionLike,
+    cluster_async::ClusterConnection,
+    cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo},
+};
+
+use crate::{scripts, single::SingleNode};
+
+/// Whether a command may be sent a second time when the connection failed under it, the
+/// outcome of the first attempt unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resend {
+    /// Sending it twice does what sending it once does (a claim, which recognises its own
+    /// record; a renewal; a `PING`).
+    Safe,
+    /// A second attempt could answer differently although the first one worked.
+    Never,
+}
+
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Single(SingleNode),
+    Cluster(ClusterConnection),
+}
+
+impl Connection {
+    /// Sends one command (routed by its key on a cluster).
+    ///
+    /// The cluster client re-sends commands itself after timeouts and lost connections,
+    /// whatever `resend` says.
+    /// A server's error reply is an `Err`.
+    pub(crate) async fn query(&self, cmd: &Cmd, resend: Resend) -> RedisResult<Value> {
+        match self {
+            Self::Single(node) => node.query(cmd, resend).await,
+            Self::Cluster(cluster) => cluster.clone().req_packed_command(cmd).await,
+        }
+        .and_then(Value::extract_error)
+    }
+
+    /// Loads every script where records live: the server, or every primary of a cluster
+    /// (never the replicas: scripts run on primaries only, and a replica that does not answer
+    /// must not hold anything up).
+    pub(crate) async fn load_scripts(&self) -> RedisResult<()> {
+        for script in scripts::all() {
+            match self {
+                Self::Single(node) => {
+                    node.query(&script.load_cmd(), Resend::Safe)
+                        .await?
+                        .extract_error()?;
+                }
+                Self::Cluster(cluster) => {
+                    cluster
+                        .clone()
+                        .route_command(
+                            script.load_cmd(),
+                            RoutingInfo::MultiNode((
+                                MultipleNodeRoutingInfo::AllMasters,
+                                Some(ResponsePolicy::AllSucceeded),
+                            )),
+                        )
+                        .await?
+                        .extract_error()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `PING`: the server, or every primary of a cluster.
+    pub(crate) async fn ping(&self) -> RedisResult<()> {
+        let ping = redis::cmd("PING");
+        self.query(&ping, Resend::Safe).await.map(drop)
+    }
+
+    pub(crate) fn mode(&self) -> &'static str {
+        match self {
+            Self::Single(_) => "single node",
+            Self::Cluster(_) => "cluster",
+        }
+    }
+}
