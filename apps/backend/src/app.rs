@@ -1,6 +1,6 @@
 //! The router: routes, middleware order, fallbacks.
 
-use std::{any::Any, future::poll_fn, pin::Pin, sync::Arc, time::Duration};
+use std::{any::Any, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -11,7 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use bytes::BytesMut;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::{
     catch_panic::CatchPanicLayer,
@@ -177,23 +177,19 @@ async fn read_body(State(state): State<AppState>, request: Request, next: Next) 
 const DRAIN_FACTOR: usize = 16;
 
 async fn read_limited(body: &mut Body, limit: usize) -> Result<Bytes, AppError> {
-    // A declared length over the limit is refused before reading a byte.
+    // A declared length over the limit is refused before reading a byte; `Limited` alone
+    // would only notice once that much data had arrived.
     if body.size_hint().lower() > limit as u64 {
         return Err(AppError::PayloadTooLarge);
     }
-    let mut bytes = BytesMut::new();
-    while let Some(frame) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
-        let frame = frame.map_err(|_| {
-            AppError::MalformedBody("The request body could not be read.".to_owned())
-        })?;
-        if let Ok(data) = frame.into_data() {
-            if bytes.len() + data.len() > limit {
-                return Err(AppError::PayloadTooLarge);
-            }
-            bytes.extend_from_slice(&data);
-        }
+    // Borrowed, not moved: after a 413 the caller drains what is left of the same body.
+    match Limited::new(&mut *body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(AppError::PayloadTooLarge),
+        Err(_) => Err(AppError::MalformedBody(
+            "The request body could not be read.".to_owned(),
+        )),
     }
-    Ok(bytes.freeze())
 }
 
 /// Reads and discards the rest of `body`, unless it is (or is declared) longer than `cap`.
@@ -202,7 +198,7 @@ async fn drain(body: &mut Body, cap: usize) {
         return;
     }
     let mut drained = 0usize;
-    while let Some(Ok(frame)) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+    while let Some(Ok(frame)) = body.frame().await {
         drained += frame.data_ref().map_or(0, Bytes::len);
         if drained > cap {
             return;

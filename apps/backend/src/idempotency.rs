@@ -7,9 +7,9 @@ use anyhow::Context as _;
 use axum::http::{HeaderValue, Method, Response, header};
 use bytes::Bytes;
 use tower_idempotency::{
-    IdempotencyLayer,
+    IdempotencyKey, IdempotencyLayer, Scope,
     problem::{Problem, ProblemKind},
-    store::{BoxStore, memory::MemoryStore},
+    store::{BoxStore, RecordId, memory::MemoryStore},
 };
 use tower_idempotency_postgres::{PostgresStore, ReaperHandle};
 use tower_idempotency_redis::RedisStore;
@@ -143,12 +143,7 @@ pub async fn build_store(spec: &str, args: &StoreArgs) -> anyhow::Result<Idempot
 /// the app's so both answer 413 alike.
 pub fn layer(state: &AppState) -> IdempotencyLayer<BoxStore> {
     IdempotencyLayer::new(state.idempotency_store.clone())
-        .scope(|parts| {
-            parts
-                .extensions
-                .get::<AuthUser>()
-                .map(|user| user.id.clone().into())
-        })
+        .scope(|parts| parts.extensions.get::<AuthUser>().map(scope_of))
         .methods([Method::POST])
         .ttl(state.settings.idempotency_ttl)
         .lease(state.settings.idempotency_lease)
@@ -156,6 +151,18 @@ pub fn layer(state: &AppState) -> IdempotencyLayer<BoxStore> {
         .max_request_body(state.settings.max_body_bytes)
         .problem_type_base(PROBLEM_TYPE_BASE)
         .problem_responder(render_problem)
+}
+
+/// Whose keys a request's key is among: its authenticated user's.
+fn scope_of(user: &AuthUser) -> Scope {
+    Scope::from(user.id.as_str())
+}
+
+/// The layer's record id of `user`'s `key`, in hex: what the execution log names a keyed
+/// request by (the same id the stores key by; neither the key nor the user can be read back
+/// from it).
+pub fn record_of(user: &AuthUser, key: &IdempotencyKey) -> String {
+    RecordId::new(scope_of(user).as_bytes(), key).to_hex()
 }
 
 /// The layer's refusals in the app's own problem format (same members, same order), keeping
@@ -185,6 +192,24 @@ fn render_problem(problem: &Problem) -> Response<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_execution_log_names_the_layers_record() {
+        let key = IdempotencyKey::parse(b"order-1").unwrap();
+        let alice = AuthUser {
+            id: "alice".to_owned(),
+        };
+        let record = record_of(&alice, &key);
+        // What the layer derives from the scope the closure above hands it.
+        let scope: Scope = alice.id.clone().into();
+        assert_eq!(record, RecordId::new(scope.as_bytes(), &key).to_hex());
+        assert_eq!(record.len(), 64);
+        assert!(!record.contains("order-1") && !record.contains("alice"));
+        let bob = AuthUser {
+            id: "bob".to_owned(),
+        };
+        assert_ne!(record, record_of(&bob, &key));
+    }
 
     #[test]
     fn parses_specs() {

@@ -103,6 +103,11 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         request_timeout: config.request_timeout,
     };
     let state = AppState::new(db.clone(), idempotency.store.clone()).with_settings(settings);
+    // Refuse a configuration the layer cannot keep its promise with (a memory budget too
+    // small for the response limit, say) with a message, before listening.
+    backend::idempotency::layer(&state)
+        .validate()
+        .context("invalid idempotency configuration")?;
     let handler_tasks = state.handler_tasks.clone();
     let listener = TcpListener::bind(config.listen)
         .await

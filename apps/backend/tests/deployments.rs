@@ -6,7 +6,7 @@ mod common;
 use std::{collections::HashSet, sync::Arc};
 
 use backend::Settings;
-use common::{Backend, TestDb, TestServer, deployment, expect_problem, token};
+use common::{Backend, Executions, TestDb, TestServer, deployment, expect_problem, token};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 use tokio::{sync::Barrier, task::JoinSet};
@@ -31,8 +31,10 @@ backend_tests!(
 
 async fn same_key_replays_the_original_response(backend: Backend) {
     let t = TestDb::new(backend).await;
-    let server = TestServer::start(&t.db).await;
+    let server = TestServer::spawn(&t).await;
     let alice = token(&t.db, "alice").await;
+    // Exported from the start, at zero.
+    assert_eq!(server.executions().await, Executions::exactly(0));
 
     let first = server
         .create(&alice, Some("order-1"), &deployment("billing"))
@@ -74,6 +76,14 @@ async fn same_key_replays_the_original_response(backend: Backend) {
     let listed = server.list_all(&alice, 20).await;
     assert_eq!(listed, vec![created.clone()]);
     assert_eq!(t.db.deployments().count_for_user("alice").await.unwrap(), 1);
+    // One row would also result from the database's unique key answering the retries: the
+    // handler ran once, and the layer (not the guard) answered both retries.
+    assert_eq!(server.executions().await, Executions::exactly(1));
+    let metrics = common::Metrics::scrape(&server.client, &server.url("")).await;
+    assert_eq!(
+        metrics.counter("idempotency_requests_total", &[("outcome", "replayed")]),
+        2
+    );
     let row =
         t.db.deployments()
             .find_by_key("alice", "order-1")
@@ -95,11 +105,26 @@ async fn same_key_replays_the_original_response(backend: Backend) {
     assert_ne!(other["id"], created["id"]);
     assert_eq!(t.db.deployments().count_for_user("alice").await.unwrap(), 2);
     assert_eq!(server.list_all(&alice, 20).await.len(), 2);
+    assert_eq!(server.executions().await, Executions::exactly(2));
+    // The execution log names requests by their record (a hash), never by key or token.
+    let log = server.execution_log();
+    assert_eq!(log.per_record.len(), 2);
+    assert!(log.per_record.values().all(|n| *n == 1));
+    let text = log
+        .lines
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !text.contains("order-1") && !text.contains(&alice[3..]),
+        "{text}"
+    );
 }
 
 async fn users_never_share_keys_or_deployments(backend: Backend) {
     let t = TestDb::new(backend).await;
-    let server = TestServer::start(&t.db).await;
+    let server = TestServer::spawn(&t).await;
     let alice = token(&t.db, "alice").await;
     let bob = token(&t.db, "bob").await;
 
@@ -145,11 +170,13 @@ async fn users_never_share_keys_or_deployments(backend: Backend) {
     assert!(alice_ids.is_disjoint(&bob_ids));
     assert_eq!(t.db.deployments().count_for_user("alice").await.unwrap(), 2);
     assert_eq!(t.db.deployments().count_for_user("bob").await.unwrap(), 2);
+    // Four executions, none a second run of another user's key.
+    assert_eq!(server.executions().await, Executions::exactly(4));
 }
 
 async fn concurrent_requests_with_one_key_create_one_deployment(backend: Backend) {
     let t = TestDb::new(backend).await;
-    let server = TestServer::start(&t.db).await;
+    let server = TestServer::spawn(&t).await;
     let alice = token(&t.db, "alice").await;
     let body = deployment("race");
 
@@ -210,11 +237,14 @@ async fn concurrent_requests_with_one_key_create_one_deployment(backend: Backend
     }
     assert_eq!(t.db.deployments().count_for_user("alice").await.unwrap(), 1);
     assert_eq!(server.list_all(&alice, 100).await.len(), 1);
+    // One original 201 and one row would also result if every request ran and the unique
+    // key answered 49 of them (its answers are marked as replays too): count the runs.
+    assert_eq!(server.executions().await, Executions::exactly(1));
 }
 
 async fn same_key_with_another_body_is_refused(backend: Backend) {
     let t = TestDb::new(backend).await;
-    let server = TestServer::start(&t.db).await;
+    let server = TestServer::spawn(&t).await;
     let alice = token(&t.db, "alice").await;
 
     let first = server.create(&alice, Some("k"), &deployment("one")).await;
@@ -225,11 +255,18 @@ async fn same_key_with_another_body_is_refused(backend: Backend) {
     let listed = server.list_all(&alice, 20).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["project"], "one");
+    // The layer refused the reuse; the handler never saw it.
+    assert_eq!(server.executions().await, Executions::exactly(1));
+    let metrics = common::Metrics::scrape(&server.client, &server.url("")).await;
+    assert_eq!(
+        metrics.counter("idempotency_requests_total", &[("outcome", "mismatch")]),
+        1
+    );
 }
 
 async fn failed_validation_frees_the_key_for_the_corrected_request(backend: Backend) {
     let t = TestDb::new(backend).await;
-    let server = TestServer::start(&t.db).await;
+    let server = TestServer::spawn(&t).await;
     let alice = token(&t.db, "alice").await;
 
     let mut invalid = deployment("Billing_API");
@@ -256,25 +293,28 @@ async fn failed_validation_frees_the_key_for_the_corrected_request(backend: Back
         .await;
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     assert_eq!(t.db.deployments().count_for_user("alice").await.unwrap(), 1);
+    // Two runs: the invalid request (refused by the handler's validation, which freed the
+    // key) and the corrected one; the retry was the layer's replay.
+    assert_eq!(server.executions().await, Executions::exactly(2));
 }
 
 async fn restart_with_a_fresh_memory_store_creates_no_duplicate(backend: Backend) {
     let t = TestDb::new(backend).await;
     let alice = token(&t.db, "alice").await;
 
-    let before = TestServer::start(&t.db).await;
+    let before = TestServer::spawn(&t).await;
     let first = before
         .create(&alice, Some("survives"), &deployment("api"))
         .await;
     assert_eq!(first.status(), StatusCode::CREATED);
     let location = first.headers()[header::LOCATION].clone();
     let first_body = first.bytes().await.unwrap();
+    assert_eq!(before.executions().await, Executions::exactly(1));
+    let before_log = before.execution_log();
     before.stop().await;
 
-    // A new process: its own connection pool to the same database, an empty in-memory
-    // idempotency store.
-    let reopened = backend::Db::connect(&t.url).await.unwrap();
-    let after = TestServer::start(&reopened).await;
+    // A new process with an empty in-memory idempotency store, on the same database.
+    let after = TestServer::spawn(&t).await;
     let retry = after
         .create(&alice, Some("survives"), &deployment("api"))
         .await;
@@ -287,22 +327,72 @@ async fn restart_with_a_fresh_memory_store_creates_no_duplicate(backend: Backend
         "the same deployment, byte for byte"
     );
     assert_eq!(t.db.deployments().count_for_user("alice").await.unwrap(), 1);
+    // Here the layer could not know the key: the handler ran again, and the database guard
+    // (the second line of defence) answered. Counted as such, not hidden behind the row count.
+    assert_eq!(
+        after.executions().await,
+        Executions {
+            handler: 1,
+            layer: 1,
+            guard_hits: 1,
+        }
+    );
 
-    // The database guard refuses a different request under the old key like the layer does.
+    // A different request under the old key: the new store now holds the guard's 201 for
+    // it (a 2xx, so the layer kept it), and the layer itself refuses the reuse.
     let reused = after
         .create(&alice, Some("survives"), &deployment("other"))
         .await;
     expect_problem(reused, 422, "key-reused").await;
 
-    // And from then on the (new) store replays again.
+    // And from then on the (new) store replays: no further execution.
     let again = after
         .create(&alice, Some("survives"), &deployment("api"))
         .await;
     assert_eq!(again.status(), StatusCode::CREATED);
     assert_eq!(again.bytes().await.unwrap(), first_body);
     assert_eq!(t.db.deployments().count_for_user("alice").await.unwrap(), 1);
+    assert_eq!(
+        after.executions().await,
+        Executions {
+            handler: 1,
+            layer: 1,
+            guard_hits: 1,
+        }
+    );
+    let metrics = common::Metrics::scrape(&after.client, &after.url("")).await;
+    for (name, labels, value) in [
+        (
+            "deployments_idempotency_guard_hits_total",
+            ("outcome", "replayed"),
+            1,
+        ),
+        (
+            "deployments_idempotency_guard_hits_total",
+            ("outcome", "key_reused"),
+            0,
+        ),
+        ("idempotency_requests_total", ("outcome", "mismatch"), 1),
+        ("idempotency_requests_total", ("outcome", "replayed"), 1),
+    ] {
+        assert_eq!(metrics.counter(name, &[labels]), value, "{name} {labels:?}");
+    }
+    let log = after.execution_log();
+    let guard: Vec<&Value> = log
+        .lines
+        .iter()
+        .filter(|l| l["message"] == "idempotency guard hit")
+        .collect();
+    assert_eq!(guard.len(), 1);
+    let id = location.to_str().unwrap().rsplit('/').next().unwrap();
+    assert_eq!(guard[0]["deployment"], id, "{guard:?}");
+    assert_eq!(guard[0]["outcome"], "replayed", "{guard:?}");
+    // The guard hit is the key's second execution overall: one per process.
+    let first_log = before_log;
+    assert_eq!(first_log.per_record, log.per_record);
+    assert_eq!(log.per_record.values().copied().collect::<Vec<_>>(), [1]);
+    assert_eq!(guard[0]["record"], *log.per_record.keys().next().unwrap());
     after.stop().await;
-    reopened.close().await;
 }
 
 async fn requests_without_a_key_are_not_deduplicated(backend: Backend) {
@@ -318,7 +408,7 @@ async fn requests_without_a_key_are_not_deduplicated(backend: Backend) {
 
 async fn authentication_runs_before_the_idempotency_layer(backend: Backend) {
     let t = TestDb::new(backend).await;
-    let server = TestServer::start(&t.db).await;
+    let server = TestServer::spawn(&t).await;
     let alice = token(&t.db, "alice").await;
 
     let anonymous = server
@@ -365,11 +455,13 @@ async fn authentication_runs_before_the_idempotency_layer(backend: Backend) {
     )
     .await;
     assert_eq!(t.db.deployments().count_for_user("alice").await.unwrap(), 0);
+    assert_eq!(server.executions().await, Executions::exactly(0));
 
     // The key was never claimed: alice may use it.
     let ok = server.create(&alice, Some("k"), &deployment("x")).await;
     assert_eq!(ok.status(), StatusCode::CREATED);
     assert!(ok.headers().get("idempotent-replayed").is_none());
+    assert_eq!(server.executions().await, Executions::exactly(1));
 }
 
 async fn other_users_deployments_are_not_found(backend: Backend) {
@@ -463,7 +555,7 @@ async fn pagination_walks_every_item_once(backend: Backend) {
 
 async fn invalid_idempotency_key_is_a_bad_request(backend: Backend) {
     let t = TestDb::new(backend).await;
-    let server = TestServer::start(&t.db).await;
+    let server = TestServer::spawn(&t).await;
     let alice = token(&t.db, "alice").await;
 
     let too_long = "k".repeat(256);
@@ -483,19 +575,21 @@ async fn invalid_idempotency_key_is_a_bad_request(backend: Backend) {
         .unwrap();
     expect_problem(twice, 400, "key-invalid").await;
     assert_eq!(t.db.deployments().count_for_user("alice").await.unwrap(), 0);
+    assert_eq!(server.executions().await, Executions::exactly(0));
     // The longest valid key works.
     let longest = "k".repeat(255);
     let ok = server
         .create(&alice, Some(&longest), &deployment("x"))
         .await;
     assert_eq!(ok.status(), StatusCode::CREATED);
+    assert_eq!(server.executions().await, Executions::exactly(1));
 }
 
 async fn bodies_over_the_limit_are_refused(backend: Backend) {
     let t = TestDb::new(backend).await;
     let limit = 2048;
-    let server = TestServer::start_with(
-        &t.db,
+    let server = TestServer::spawn_with(
+        &t,
         Settings {
             max_body_bytes: limit,
             ..Settings::default()
@@ -514,6 +608,7 @@ async fn bodies_over_the_limit_are_refused(backend: Backend) {
         expect_problem(response, 413, "request-too-large").await;
     }
     assert_eq!(t.db.deployments().count_for_user("alice").await.unwrap(), 0);
+    assert_eq!(server.executions().await, Executions::exactly(0));
 
     // The default limit is 1 MiB.
     let default = TestServer::start(&t.db).await;
@@ -529,7 +624,7 @@ async fn bodies_over_the_limit_are_refused(backend: Backend) {
 
 async fn malformed_requests_are_problems(backend: Backend) {
     let t = TestDb::new(backend).await;
-    let server = TestServer::start(&t.db).await;
+    let server = TestServer::spawn(&t).await;
     let alice = token(&t.db, "alice").await;
 
     for key in [Some("malformed"), None] {
@@ -578,6 +673,17 @@ async fn malformed_requests_are_problems(backend: Backend) {
     let retry = server.create_raw(&alice, Some("canonical"), spaced).await;
     assert_eq!(retry.status(), StatusCode::CREATED);
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    // The layer ran its inner service for the two keyed malformed bodies too: the JSON
+    // extractor refused the truncated one before the handler's body, the handler refused
+    // `[1, 2]` (valid JSON, not an object). The handler ran for that one and `canonical`.
+    assert_eq!(
+        server.executions().await,
+        Executions {
+            handler: 2,
+            layer: 3,
+            guard_hits: 0,
+        }
+    );
 }
 
 async fn unknown_routes_and_methods_are_problems(backend: Backend) {
@@ -665,6 +771,23 @@ async fn probes_and_metrics(backend: Backend) {
         text.contains("idempotency_store_duration_seconds"),
         "{text}"
     );
+    // The app's execution counters, described and exported (this server shares the
+    // process-wide recorder, so only their presence is checked here).
+    for name in [
+        "deployments_create_executions_total",
+        "deployments_idempotency_guard_hits_total",
+    ] {
+        assert!(text.contains(&format!("# TYPE {name} counter")), "{text}");
+        assert!(text.contains(&format!("# HELP {name} ")), "{text}");
+    }
+    for outcome in ["replayed", "key_reused"] {
+        assert!(
+            text.contains(&format!(
+                "deployments_idempotency_guard_hits_total{{outcome=\"{outcome}\"}}"
+            )),
+            "{text}"
+        );
+    }
 
     // Without its database the server is alive but not ready.
     t.db.close().await;

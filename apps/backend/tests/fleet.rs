@@ -17,11 +17,11 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::{Backend, TestDb, deployment};
+use common::{Backend, Executions, TestDb, deployment, executions_at};
 use reqwest::StatusCode;
 use tokio::sync::Barrier;
 
-const BIN: &str = env!("CARGO_BIN_EXE_backend");
+const BIN: &str = common::BIN;
 
 /// A `backend serve` process; killed when dropped.
 struct Instance {
@@ -76,6 +76,20 @@ impl Instance {
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
+    /// This instance's execution counters (its own process, so its own).
+    async fn executions(&self) -> Executions {
+        executions_at(&reqwest::Client::new(), &self.url("")).await
+    }
+}
+
+/// The execution counters summed over `instances`.
+async fn fleet_executions(instances: &[Instance]) -> Executions {
+    let mut total = Executions::default();
+    for instance in instances {
+        total = total + instance.executions().await;
+    }
+    total
 }
 
 impl Drop for Instance {
@@ -229,6 +243,9 @@ async fn concurrent_creates_across_instances(kind: StoreKind) {
         }
     }
     assert_eq!(deployments_with_key(&db.db, "fleet-key").await, 1);
+    // One run in the whole fleet: the shared store, not the shared unique key, answered the
+    // other 99 (whose answers would look the same either way).
+    assert_eq!(fleet_executions(&fleet[..]).await, Executions::exactly(1));
 
     // Every later retry, on either instance, gets the replay.
     for instance in fleet.iter() {
@@ -238,6 +255,7 @@ async fn concurrent_creates_across_instances(kind: StoreKind) {
         assert_eq!(again.body, original.body);
     }
     assert_eq!(deployments_with_key(&db.db, "fleet-key").await, 1);
+    assert_eq!(fleet_executions(&fleet[..]).await, Executions::exactly(1));
 }
 
 /// The first request completes on one instance; the retry lands on the other.
@@ -263,6 +281,9 @@ async fn retry_on_the_other_instance_replays(kind: StoreKind) {
         assert_eq!(retry.location, first.location);
         assert_eq!(deployments_with_key(&db.db, &key).await, 1);
     }
+    // Every retry was a replay from the shared store: B ran nothing.
+    assert_eq!(a.executions().await, Executions::exactly(10));
+    assert_eq!(b.executions().await, Executions::exactly(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -356,6 +377,7 @@ async fn redis_outage_fails_closed_and_recovers() {
         let answer = create(&client, &instance, &token, &format!("before-{n}")).await;
         assert_eq!(answer.status, StatusCode::CREATED);
     }
+    assert_eq!(instance.executions().await, Executions::exactly(20));
 
     redis.stop();
     let mut outage_keys = Vec::new();
@@ -389,6 +411,8 @@ async fn redis_outage_fails_closed_and_recovers() {
     // A retry of a key completed before the outage is refused too, not re-executed.
     let answer = create(&client, &instance, &token, "before-0").await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    // Nothing ran during the outage (the row checks above would miss a run that failed).
+    assert_eq!(instance.executions().await, Executions::exactly(20));
 
     let _redis = PrivateRedis::start(redis_port);
     // The instance reconnects by itself: retry each outage key until it succeeds.
@@ -405,9 +429,20 @@ async fn redis_outage_fails_closed_and_recovers() {
         }
         assert_eq!(deployments_with_key(&db.db, key).await, 1);
     }
+    assert_eq!(instance.executions().await, Executions::exactly(40));
     // Keys from before the outage: Redis lost their records (it keeps nothing on disk), so
-    // the database's unique (user, key) answers the retry with the same deployment.
+    // the handler runs again and the database's unique (user, key) answers the retry with
+    // the same deployment: a second execution, caught by the second line of defence.
     let again = create(&client, &instance, &token, "before-0").await;
     assert_eq!(again.status, StatusCode::CREATED);
+    assert!(again.replayed);
     assert_eq!(deployments_with_key(&db.db, "before-0").await, 1);
+    assert_eq!(
+        instance.executions().await,
+        Executions {
+            handler: 41,
+            layer: 41,
+            guard_hits: 1,
+        }
+    );
 }

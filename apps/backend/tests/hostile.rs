@@ -15,7 +15,9 @@ use std::{
 };
 
 use backend::Settings;
-use common::{Backend, TYPE_BASE, TestDb, TestServer, deployment, expect_problem, token};
+use common::{
+    Backend, Executions, TYPE_BASE, TestDb, TestServer, deployment, expect_problem, token,
+};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 use tokio::{
@@ -274,7 +276,7 @@ impl Rng {
 
 async fn keys_at_and_past_the_length_limit(backend: Backend) {
     let t = TestDb::new(backend).await;
-    let server = TestServer::start(&t.db).await;
+    let server = TestServer::spawn(&t).await;
     let alice = token(&t.db, "alice").await;
 
     // Exactly 255 characters: accepted, executed once, replayed in both spellings.
@@ -340,12 +342,14 @@ async fn keys_at_and_past_the_length_limit(backend: Backend) {
         projects,
         BTreeSet::from(["escaped".into(), "longest".into()])
     );
+    // Two runs; both retries of the longest key were the layer's replays.
+    assert_eq!(server.executions().await, Executions::exactly(2));
     assert_alive(&server).await;
 }
 
 async fn keys_with_hostile_bytes(backend: Backend) {
     let t = TestDb::new(backend).await;
-    let server = TestServer::start(&t.db).await;
+    let server = TestServer::spawn(&t).await;
     let alice = token(&t.db, "alice").await;
 
     // Valid header values (HTAB and obs-text pass hyper's parser) that are not valid keys.
@@ -406,12 +410,13 @@ async fn keys_with_hostile_bytes(backend: Backend) {
         .await;
     assert_eq!(ok.status(), StatusCode::CREATED);
     assert_eq!(count(&t, "alice").await, 1);
+    assert_eq!(server.executions().await, Executions::exactly(1));
     assert_alive(&server).await;
 }
 
 async fn repeated_and_list_keys(backend: Backend) {
     let t = TestDb::new(backend).await;
-    let server = TestServer::start(&t.db).await;
+    let server = TestServer::spawn(&t).await;
     let alice = token(&t.db, "alice").await;
 
     // 50 field lines, all different or all the same: which one the client meant is unknowable.
@@ -484,6 +489,7 @@ async fn repeated_and_list_keys(backend: Backend) {
         assert!(ok.headers().get("idempotent-replayed").is_none(), "{key}");
     }
     assert_eq!(count(&t, "alice").await, 4);
+    assert_eq!(server.executions().await, Executions::exactly(4));
     assert_alive(&server).await;
 }
 
@@ -548,7 +554,7 @@ async fn send_body(
 
 async fn ten_mib_bodies_are_refused(backend: Backend) {
     let t = TestDb::new(backend).await;
-    let server = TestServer::start(&t.db).await;
+    let server = TestServer::spawn(&t).await;
     let alice = token(&t.db, "alice").await;
     let ten_mib = 10 * 1024 * 1024;
 
@@ -593,6 +599,7 @@ async fn ten_mib_bodies_are_refused(backend: Backend) {
         assert!(started.elapsed() < Duration::from_secs(5), "{what}");
     }
     assert_eq!(count(&t, "alice").await, 0, "nothing created");
+    assert_eq!(server.executions().await, Executions::exactly(0));
 
     // The refused key was never claimed.
     let ok = server
@@ -601,13 +608,14 @@ async fn ten_mib_bodies_are_refused(backend: Backend) {
     assert_eq!(ok.status(), StatusCode::CREATED);
     assert!(ok.headers().get("idempotent-replayed").is_none());
     assert_eq!(count(&t, "alice").await, 1);
+    assert_eq!(server.executions().await, Executions::exactly(1));
     assert_alive(&server).await;
 }
 
 async fn bodies_at_the_limit(backend: Backend) {
     let t = TestDb::new(backend).await;
     // The default limit, 1 MiB.
-    let server = TestServer::start(&t.db).await;
+    let server = TestServer::spawn(&t).await;
     let limit = Settings::default().max_body_bytes;
     let alice = token(&t.db, "alice").await;
 
@@ -654,8 +662,8 @@ async fn bodies_at_the_limit(backend: Backend) {
     assert_eq!(count(&t, "alice").await, 3);
 
     // A small configured limit behaves the same at its edge.
-    let small = TestServer::start_with(
-        &t.db,
+    let small = TestServer::spawn_with(
+        &t,
         Settings {
             max_body_bytes: 4096,
             ..Settings::default()
@@ -674,6 +682,10 @@ async fn bodies_at_the_limit(backend: Backend) {
         .unwrap();
     expect_problem(response, 413, "request-too-large").await;
     assert_eq!(count(&t, "alice").await, 4);
+    // Keyed runs: `exact` (its retry a replay) and the corrected `over`; on the small
+    // server `small` only. The chunked body without a key is not deduplicated, not counted.
+    assert_eq!(server.executions().await, Executions::exactly(2));
+    assert_eq!(small.executions().await, Executions::exactly(1));
     assert_alive(&server).await;
     assert_alive(&small).await;
 }
@@ -683,8 +695,8 @@ async fn bodies_at_the_limit(backend: Backend) {
 // ---------------------------------------------------------------------------------------
 
 async fn slow_server(t: &TestDb) -> TestServer {
-    TestServer::start_with(
-        &t.db,
+    TestServer::spawn_with(
+        t,
         Settings {
             request_timeout: BODY_TIMEOUT,
             ..Settings::default()
@@ -816,6 +828,9 @@ async fn stalled_bodies_time_out_and_leave_the_key_free(backend: Backend) {
         .create_raw(&alice, Some("contested"), body.clone())
         .await;
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    // 4 stalled keys retried, 4 others, the contested one: each run once, every stalled
+    // upload before the layer, every second request a replay of the layer's.
+    assert_eq!(server.executions().await, Executions::exactly(9));
 
     // Without a key: 408 and nothing created.
     let before = count(&t, "alice").await;
@@ -825,6 +840,7 @@ async fn stalled_bodies_time_out_and_leave_the_key_free(backend: Backend) {
     let (raw, elapsed) = stall(server.addr, head, half.to_vec()).await;
     assert_timed_out(&raw, elapsed, "no key");
     assert_eq!(count(&t, "alice").await, before);
+    assert_eq!(server.executions().await, Executions::exactly(9));
     assert_alive(&server).await;
 }
 
@@ -862,6 +878,7 @@ async fn dripping_bodies_hit_the_deadline(backend: Backend) {
     assert_eq!(retry.status(), StatusCode::CREATED);
     assert!(retry.headers().get("idempotent-replayed").is_none());
     assert_eq!(count(&t, "alice").await, 1);
+    assert_eq!(server.executions().await, Executions::exactly(1));
     assert_alive(&server).await;
 }
 
@@ -871,7 +888,7 @@ async fn dripping_bodies_hit_the_deadline(backend: Backend) {
 
 async fn hostile_json_bodies(backend: Backend) {
     let t = TestDb::new(backend).await;
-    let server = TestServer::start(&t.db).await;
+    let server = TestServer::spawn(&t).await;
     let alice = token(&t.db, "alice").await;
 
     let malformed: Allowed<'_> = &[(400, "malformed-body")];
@@ -1048,12 +1065,20 @@ async fn hostile_json_bodies(backend: Backend) {
         ),
     ];
 
+    // Keyed requests refused by the handler (422 per field, or 400 for valid JSON that is not
+    // an object) did enter its body; those refused by the JSON extractor (400) did not. The
+    // layer ran its inner service for all of them.
+    const NOT_OBJECTS: [&str; 3] = ["null", "a string", "an array"];
+    let mut validated = 0;
     for (i, (what, body, allowed)) in cases.iter().enumerate() {
         for key in [Some(format!("json-{i}")), None] {
             let response = server
                 .create_raw(&alice, key.as_deref(), body.clone())
                 .await;
-            expect_4xx(response, allowed, what).await;
+            let status = expect_4xx(response, allowed, what).await;
+            if key.is_some() && (status == 422 || NOT_OBJECTS.contains(what)) {
+                validated += 1;
+            }
         }
     }
     assert_eq!(
@@ -1078,12 +1103,21 @@ async fn hostile_json_bodies(backend: Backend) {
         assert!(ok.headers().get("idempotent-replayed").is_none(), "{what}");
     }
     assert_eq!(count(&t, "alice").await, 4);
+    assert!(validated >= 8, "{validated} bodies reached the handler");
+    assert_eq!(
+        server.executions().await,
+        Executions {
+            handler: validated + 4,
+            layer: cases.len() as u64 + 4,
+            guard_hits: 0,
+        }
+    );
     assert_alive(&server).await;
 }
 
 async fn wrong_content_types(backend: Backend) {
     let t = TestDb::new(backend).await;
-    let server = TestServer::start(&t.db).await;
+    let server = TestServer::spawn(&t).await;
     let alice = token(&t.db, "alice").await;
     let body = body_bytes("typed");
     let refused: Allowed<'_> = &[
@@ -1152,12 +1186,22 @@ async fn wrong_content_types(backend: Backend) {
         assert!(response.headers().get("idempotent-replayed").is_none());
     }
     assert_eq!(count(&t, "alice").await, 2);
+    // The 12 keyed refusals passed the layer and were refused by the JSON extractor,
+    // before the handler's body; the handler ran for the two JSON requests only.
+    assert_eq!(
+        server.executions().await,
+        Executions {
+            handler: 2,
+            layer: 14,
+            guard_hits: 0,
+        }
+    );
     assert_alive(&server).await;
 }
 
 async fn nul_characters_are_refused_not_stored(backend: Backend) {
     let t = TestDb::new(backend).await;
-    let server = TestServer::start(&t.db).await;
+    let server = TestServer::spawn(&t).await;
     let alice = token(&t.db, "alice").await;
 
     // U+0000 is valid JSON, but PostgreSQL text cannot hold it: refuse it as invalid input
@@ -1211,6 +1255,8 @@ async fn nul_characters_are_refused_not_stored(backend: Backend) {
     body["description"] = json!("line one\nline two\ttabbed");
     let ok = server.create(&alice, Some("nul"), &body).await;
     assert_eq!(ok.status(), StatusCode::CREATED);
+    // Four keyed refusals by validation (each freed the key) and the accepted request.
+    assert_eq!(server.executions().await, Executions::exactly(5));
     assert_alive(&server).await;
 }
 
@@ -1224,7 +1270,7 @@ async fn users_never_see_each_others_responses(backend: Backend) {
     const REQUESTS: usize = 200;
 
     let t = TestDb::new(backend).await;
-    let server = TestServer::start(&t.db).await;
+    let server = TestServer::spawn(&t).await;
     let mut users = Vec::new();
     for u in 0..USERS {
         let name = format!("user-{u:02}");
@@ -1344,6 +1390,20 @@ async fn users_never_see_each_others_responses(backend: Backend) {
     assert!(
         collisions > 0 && repeats > 0,
         "the seed must produce collisions"
+    );
+    // One original answer per pair would also result if the unique (user, key) had
+    // answered the repeats (its answers are marked as replays): count the runs themselves.
+    assert_eq!(
+        server.executions().await,
+        Executions::exactly(by_pair.len() as u64),
+        "one execution per (user, key), each repeat a replay of the layer's"
+    );
+    let log = server.execution_log();
+    assert_eq!(log.per_record.len(), by_pair.len());
+    assert!(
+        log.per_record.values().all(|n| *n == 1),
+        "{:?}",
+        log.per_record
     );
 
     // Counts, listings and cross-user reads.

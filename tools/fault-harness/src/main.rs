@@ -1,7 +1,10 @@
 //! `fault-harness`: runs the deployments API as real processes on loopback and injects
 //! faults — lost and delayed responses, SIGKILLed instances, idempotency-store outages, retry
-//! storms, an in-memory store flooded past its budget — then checks in the database that
-//! every logical create produced exactly one deployment and that every client got its id.
+//! storms, an in-memory store flooded past its budget — then counts how often the create
+//! handler ran for each logical create (from every instance's execution log, killed lives
+//! included, cross-checked with `/metrics`), and checks in the database that every client got
+//! its deployment's id. Rows alone cannot show a second execution: the unique (user, key)
+//! column answers it with the first row.
 //!
 //! ```text
 //! cargo run --release -p fault-harness -- --quick                 # CI: about a minute
@@ -15,6 +18,7 @@
 
 mod client;
 mod db;
+mod executions;
 mod logs;
 mod procs;
 mod proxy;

@@ -34,6 +34,7 @@ pub(crate) struct Backend {
     child: Option<Child>,
     pid: Arc<AtomicU32>,
     starts: u32,
+    ready_lives: u32,
 }
 
 impl Backend {
@@ -55,6 +56,7 @@ impl Backend {
             child: None,
             pid: Arc::new(AtomicU32::new(0)),
             starts: 0,
+            ready_lives: 0,
         };
         backend.spawn().await?;
         Ok(backend)
@@ -73,10 +75,11 @@ impl Backend {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("BACKEND_LISTEN", self.addr.to_string())
             .env("LOG_FORMAT", "json")
-            // Every execution of the create handler is logged (`deployment queued`, or
-            // `repeated idempotency key` when the database's unique key caught a second
-            // execution); everything else only from warnings up.
-            .env("RUST_LOG", "warn,backend::api::deployments=info")
+            // The backend's own INFO lines: `listening` once per life, and the execution log
+            // (`backend::executions`: a line per execution of the create handler and per
+            // hit of the database guard, written before the work starts, so it survives a
+            // SIGKILL); everything else from warnings up. See `crate::logs`.
+            .env("RUST_LOG", "warn,backend=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -89,7 +92,9 @@ impl Backend {
         self.pid.store(child.id(), Ordering::Relaxed);
         self.child = Some(child);
         self.starts += 1;
-        self.wait_ready().await
+        self.wait_ready().await?;
+        self.ready_lives += 1;
+        Ok(())
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -184,6 +189,16 @@ impl Backend {
     /// Its log file (all its lives).
     pub(crate) fn log(&self) -> &Path {
         &self.log
+    }
+
+    /// How many times it was started.
+    pub(crate) fn starts(&self) -> u32 {
+        self.starts
+    }
+
+    /// How many of its starts became ready (each logged `listening` first).
+    pub(crate) fn ready_lives(&self) -> u32 {
+        self.ready_lives
     }
 }
 

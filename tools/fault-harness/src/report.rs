@@ -6,7 +6,11 @@ use std::{fmt::Write as _, path::Path, time::Duration};
 
 use anyhow::Context as _;
 
-use crate::{client::Tally, db::Verification, logs::LogScan};
+use crate::{
+    client::Tally,
+    db::Verification,
+    executions::{Contract, Executions},
+};
 
 /// One assertion.
 #[derive(Debug, Clone)]
@@ -86,7 +90,8 @@ impl ScenarioReport {
         tally: &Tally,
         faults: String,
         verification: &Verification,
-        logs: &LogScan,
+        executions: &Executions,
+        contract: Contract,
         instances: &[String],
         peaks_kib: &[u64],
         cpu_seconds: &[f64],
@@ -96,7 +101,7 @@ impl ScenarioReport {
         self.figure("retries", tally.retries().to_string());
         self.figure("faults injected", faults);
         self.figure("deployments created", verification.deployments.to_string());
-        self.figure("duplicates found", verification.duplicates.to_string());
+        executions.figures(self, contract);
         self.figure(
             "answers: 201 original / 201 replay / 409 / 503 / other 5xx",
             format!(
@@ -110,10 +115,6 @@ impl ScenarioReport {
                 "{} / {} / {}; {}",
                 tally.connect_errors, tally.timeouts, tally.broken, tally.other
             ),
-        );
-        self.figure(
-            "handler executions (logged): created / caught by the unique key",
-            format!("{} / {}", logs.executions, logs.guard_hits),
         );
         self.figure(
             "peak RSS",

@@ -22,6 +22,8 @@ use crate::{
         deployments::{DeploymentRecord, Inserted, NewDeployment},
     },
     error::{AppError, FieldError, ProblemDetails},
+    idempotency,
+    telemetry::{self, GuardOutcome},
 };
 
 /// Default page size of the list endpoint.
@@ -455,12 +457,20 @@ pub async fn create(
     key: Option<Extension<IdempotencyKey>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, AppError> {
+    let key = key.map(|Extension(key)| key);
+    // The layer let a keyed request run: an execution, counted (and logged) before anything
+    // can fail or be killed half-way. Requests without a key are not deduplicated by
+    // anything, so they are not counted as executions.
+    let record = key.as_ref().map(|key| idempotency::record_of(&user, key));
+    if let Some(record) = &record {
+        telemetry::create_executing(record);
+    }
     let input = CreateDeployment::from_json(body)?;
     let id = uuid::Uuid::now_v7().to_string();
     let new = NewDeployment {
         id: &id,
         user_id: &user.id,
-        idempotency_key: key.as_ref().map(|Extension(key)| key.as_str()),
+        idempotency_key: key.as_ref().map(IdempotencyKey::as_str),
         project: &input.project,
         environment: &input.environment,
         git_ref: &input.git_ref,
@@ -474,12 +484,24 @@ pub async fn create(
             created(&record, false)
         }
         // The idempotency store forgot this key (restart, expiry, another instance), the
-        // database did not: answer as the first request was answered, create nothing.
-        Inserted::Existing(record) if input.matches(&record) => {
-            tracing::info!(deployment = %record.id, "repeated idempotency key; returning the existing deployment");
-            created(&record, true)
+        // database did not: answer as the first request was answered, create nothing. This
+        // handler ran a second time for the key all the same; the guard hit says so.
+        Inserted::Existing(existing) if input.matches(&existing) => {
+            guard_hit(record.as_deref(), &existing, GuardOutcome::Replayed);
+            created(&existing, true)
         }
-        Inserted::Existing(_) => Err(AppError::KeyReused),
+        Inserted::Existing(existing) => {
+            guard_hit(record.as_deref(), &existing, GuardOutcome::KeyReused);
+            Err(AppError::KeyReused)
+        }
+    }
+}
+
+/// Counts and logs a hit of the database guard. Only keyed inserts can conflict, so a hit
+/// always has a record.
+fn guard_hit(record: Option<&str>, existing: &DeploymentRecord, outcome: GuardOutcome) {
+    if let Some(record) = record {
+        telemetry::guard_hit(record, &existing.id, outcome);
     }
 }
 

@@ -104,8 +104,13 @@ async fn probe<E: std::fmt::Display>(
     operation_id = "metrics",
     summary = "Prometheus metrics",
     description = "Prometheus text exposition format. Includes \
+        `deployments_create_executions_total` (executions of the create handler for requests \
+        with an `Idempotency-Key`), `deployments_idempotency_guard_hits_total{outcome}` \
+        (keyed creates answered by the database's unique (user, key) instead of inserting: \
+        `replayed` or `key_reused`), and the idempotency layer's \
         `idempotency_requests_total{outcome}`, `idempotency_store_duration_seconds{operation}` \
-        and `idempotency_store_errors_total{operation}`.",
+        and `idempotency_store_errors_total{operation}`. Counters are exported from startup, \
+        at zero.",
     responses((status = 200, description = "Metrics.", body = String, content_type = "text/plain; version=0.0.4")),
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {

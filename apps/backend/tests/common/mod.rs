@@ -1,16 +1,37 @@
 //! Shared helpers: a database per test (a temporary SQLite file, or a fresh PostgreSQL
-//! database), a real server over TCP, and request shorthands.
+//! database), a real server over TCP (in this process, or a real `backend` process), what it
+//! executed (its `/metrics` and its execution log), and request shorthands.
 
 #![allow(dead_code, unreachable_pub, unused_macros)]
 
-use std::{net::SocketAddr, str::FromStr, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    str::FromStr,
+    time::{Duration, Instant},
+};
 
-use backend::{AppState, Db, Settings, app, auth::create_token};
+use backend::{
+    AppState, Db, Settings, app,
+    auth::create_token,
+    telemetry::{
+        CREATE_EXECUTIONS_TOTAL, EXECUTION_LOG_TARGET, EXECUTION_MESSAGE, GUARD_HIT_MESSAGE,
+        GUARD_HITS_TOTAL,
+    },
+};
 use reqwest::{Response, StatusCode, header};
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor, PgConnection, postgres::PgConnectOptions};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tower_idempotency::store::{BoxStore, memory::MemoryStore};
+use tower_idempotency::{
+    metrics::REQUESTS_TOTAL,
+    store::{BoxStore, memory::MemoryStore},
+};
+
+/// The `backend` binary of this package.
+pub const BIN: &str = env!("CARGO_BIN_EXE_backend");
 
 /// The problem `type` base of the API.
 pub const TYPE_BASE: &str = "https://deployments.example.com/problems/";
@@ -198,17 +219,33 @@ fn with_database(url: &str, name: &str) -> String {
     out
 }
 
-/// A server on an ephemeral port, serving [`app`] until [`stop`](Self::stop)ped.
+/// A server on an ephemeral port until [`stop`](Self::stop)ped: [`app`] in this process
+/// ([`start`](Self::start)), or a real `backend serve` process ([`spawn`](Self::spawn)).
+///
+/// Only a process of its own has counters of its own: the `metrics` recorder is global to a
+/// process, and the tests of one binary run side by side in one process. So a test that
+/// asserts what was executed ([`executions`](Self::executions)) spawns its server.
 pub struct TestServer {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
-    pub state: AppState,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    runner: Runner,
+}
+
+enum Runner {
+    InProcess {
+        shutdown: Option<oneshot::Sender<()>>,
+        task: Option<JoinHandle<()>>,
+    },
+    Process {
+        child: Option<Child>,
+        log: PathBuf,
+        _dir: tempfile::TempDir,
+    },
 }
 
 impl TestServer {
-    /// A server over `db` with a fresh in-memory idempotency store and default settings.
+    /// A server in this process over `db` with a fresh in-memory idempotency store and
+    /// default settings.
     pub async fn start(db: &Db) -> Self {
         Self::start_with(db, Settings::default()).await
     }
@@ -220,12 +257,12 @@ impl TestServer {
         Self::serve(state).await
     }
 
-    /// Serves `state` over TCP.
+    /// Serves `state` over TCP, in this process.
     pub async fn serve(state: AppState) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let router = app(state.clone());
+        let router = app(state);
         let task = tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async {
@@ -237,25 +274,177 @@ impl TestServer {
         Self {
             addr,
             client: reqwest::Client::new(),
-            state,
-            shutdown: Some(shutdown),
-            task: Some(task),
+            runner: Runner::InProcess {
+                shutdown: Some(shutdown),
+                task: Some(task),
+            },
         }
     }
 
-    /// Stops accepting requests and waits for in-flight ones, like SIGTERM does.
+    /// A real `backend serve` process over the test's database, with an in-memory
+    /// idempotency store and default settings.
+    pub async fn spawn(t: &TestDb) -> Self {
+        Self::spawn_with(t, Settings::default()).await
+    }
+
+    /// Like [`spawn`](Self::spawn), with `settings` (passed as the binary's flags).
+    pub async fn spawn_with(t: &TestDb, settings: Settings) -> Self {
+        Self::spawn_process(&t.url, &settings).await
+    }
+
+    /// `backend serve` on port 0 with JSON logs into a file of its own (INFO for the
+    /// `backend` targets, which include the execution log); its address is read from its
+    /// `listening` line, so no port is guessed.
+    async fn spawn_process(database_url: &str, settings: &Settings) -> Self {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let log = dir.path().join("backend.log");
+        let file = std::fs::File::create(&log).expect("create the log file");
+        let millis = |d: Duration| format!("{}ms", d.as_millis());
+        let child = Command::new(BIN)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--database-url", database_url])
+            .args(["--idempotency-store", "memory"])
+            .args(["--idempotency-ttl", &millis(settings.idempotency_ttl)])
+            .args(["--idempotency-lease", &millis(settings.idempotency_lease)])
+            .args(["--max-body-bytes", &settings.max_body_bytes.to_string()])
+            .args(["--request-timeout", &millis(settings.request_timeout)])
+            // Nothing of the caller's configuration leaks in.
+            .env_clear()
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn,backend=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start backend serve");
+        let mut server = Self {
+            addr: ([127, 0, 0, 1], 0).into(),
+            client: reqwest::Client::new(),
+            runner: Runner::Process {
+                child: Some(child),
+                log,
+                _dir: dir,
+            },
+        };
+        server.addr = server.wait_listening().await;
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_listening(&mut self) -> SocketAddr {
+        let Runner::Process { child, log, .. } = &mut self.runner else {
+            unreachable!("only processes log");
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&*log).unwrap_or_default();
+            let address = text
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find(|line| line["message"] == "listening")
+                .and_then(|line| line["address"].as_str()?.parse().ok());
+            if let Some(address) = address {
+                return address;
+            }
+            if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("backend serve exited during startup ({status}): {text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "backend serve did not start within 30 s: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = self.client.get(self.url("/readyz")).send().await
+                && response.status() == StatusCode::OK
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "backend on {} not ready within 30 s",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops accepting requests and waits for in-flight ones, like SIGTERM does (for a
+    /// process: SIGTERM, and it must exit successfully).
     pub async fn stop(mut self) {
         // Idle keep-alive connections would otherwise hold the graceful shutdown open.
         self.client = reqwest::Client::new();
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
+        match &mut self.runner {
+            Runner::InProcess { shutdown, task } => {
+                if let Some(shutdown) = shutdown.take() {
+                    let _ = shutdown.send(());
+                }
+                if let Some(task) = task.take() {
+                    tokio::time::timeout(Duration::from_secs(10), task)
+                        .await
+                        .expect("the server stops within 10 s")
+                        .expect("the server task ends cleanly");
+                }
+            }
+            Runner::Process { child, log, .. } => {
+                let Some(mut child) = child.take() else {
+                    return;
+                };
+                let signalled = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status()
+                    .expect("run kill");
+                assert!(signalled.success(), "kill -TERM failed");
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let status = loop {
+                    if let Some(status) = child.try_wait().expect("wait for backend") {
+                        break status;
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        panic!("backend ignored SIGTERM for 10 s");
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                assert!(
+                    status.success(),
+                    "backend exited with {status}: {}",
+                    std::fs::read_to_string(&*log).unwrap_or_default()
+                );
+            }
         }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .expect("the server stops within 10 s")
-                .expect("the server task ends cleanly");
-        }
+    }
+
+    /// What this server executed: its `/metrics`, checked against its execution log (one
+    /// line per execution and per guard hit). Only for a spawned server.
+    pub async fn executions(&self) -> Executions {
+        let Runner::Process { log, .. } = &self.runner else {
+            panic!(
+                "an in-process server shares the process-wide metrics recorder with every other \
+                 test: spawn the server (TestServer::spawn) to count its executions"
+            );
+        };
+        let counted = executions_at(&self.client, &self.url("")).await;
+        let logged = ExecutionLog::read(log);
+        assert_eq!(
+            (logged.executions, logged.guard_hits),
+            (counted.handler, counted.guard_hits),
+            "the execution log (executions, guard hits) disagrees with /metrics"
+        );
+        counted
+    }
+
+    /// The execution log of a spawned server.
+    pub fn execution_log(&self) -> ExecutionLog {
+        let Runner::Process { log, .. } = &self.runner else {
+            panic!("only a spawned server writes a log of its own");
+        };
+        ExecutionLog::read(log)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -321,9 +510,212 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
+        match &mut self.runner {
+            Runner::InProcess { task, .. } => {
+                if let Some(task) = task.take() {
+                    task.abort();
+                }
+            }
+            Runner::Process { child, .. } => {
+                if let Some(mut child) = child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
         }
+    }
+}
+
+/// What a server executed, from its `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Executions {
+    /// `deployments_create_executions_total`: the create handler ran for a keyed request.
+    pub handler: u64,
+    /// `idempotency_requests_total{outcome="executed"}`: the layer let a keyed request run
+    /// its inner service (the handler, or an extractor that refused the request first).
+    pub layer: u64,
+    /// `deployments_idempotency_guard_hits_total`, all outcomes: the unique (user, key)
+    /// answered instead of an insert.
+    pub guard_hits: u64,
+}
+
+impl Executions {
+    /// `n` executions, each let through by the layer and none of them caught by the
+    /// database guard: the layer alone made every retry a replay.
+    pub fn exactly(n: u64) -> Self {
+        Self {
+            handler: n,
+            layer: n,
+            guard_hits: 0,
+        }
+    }
+}
+
+impl std::ops::Add for Executions {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            handler: self.handler + other.handler,
+            layer: self.layer + other.layer,
+            guard_hits: self.guard_hits + other.guard_hits,
+        }
+    }
+}
+
+/// The execution counters of the server at `base_url` (`http://host:port`). Every series is
+/// exported from startup; a missing one fails the test rather than reading as zero.
+pub async fn executions_at(client: &reqwest::Client, base_url: &str) -> Executions {
+    let metrics = Metrics::scrape(client, base_url).await;
+    Executions {
+        handler: metrics.counter(CREATE_EXECUTIONS_TOTAL, &[]),
+        layer: metrics.counter(REQUESTS_TOTAL, &[("outcome", "executed")]),
+        guard_hits: metrics.sum(GUARD_HITS_TOTAL),
+    }
+}
+
+/// One sample of a scrape: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// A scrape of `/metrics` (Prometheus text format).
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    samples: Vec<Sample>,
+    text: String,
+}
+
+impl Metrics {
+    /// `GET {base_url}/metrics`, parsed.
+    pub async fn scrape(client: &reqwest::Client, base_url: &str) -> Self {
+        let response = client
+            .get(format!("{base_url}/metrics"))
+            .send()
+            .await
+            .expect("scrape /metrics");
+        assert_eq!(response.status(), StatusCode::OK, "GET /metrics");
+        Self::parse(&response.text().await.expect("read /metrics"))
+    }
+
+    /// Parses the text exposition format (samples only; comments are skipped).
+    pub fn parse(text: &str) -> Self {
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (series, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("not a sample line: {line}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("not a sample value: {line}"));
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_owned(), Vec::new()),
+                Some((name, rest)) => {
+                    let inner = rest
+                        .strip_suffix('}')
+                        .unwrap_or_else(|| panic!("unterminated labels: {line}"));
+                    let labels = inner
+                        .split(',')
+                        .filter(|pair| !pair.is_empty())
+                        .map(|pair| {
+                            let (key, value) = pair
+                                .split_once('=')
+                                .unwrap_or_else(|| panic!("bad label `{pair}`: {line}"));
+                            (key.to_owned(), value.trim_matches('"').to_owned())
+                        })
+                        .collect();
+                    (name.to_owned(), labels)
+                }
+            };
+            samples.push((name, labels, value));
+        }
+        Self {
+            samples,
+            text: text.to_owned(),
+        }
+    }
+
+    /// The counter `name` with exactly `labels`; fails the test if it is not exported.
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let mut wanted: Vec<(&str, &str)> = labels.to_vec();
+        wanted.sort_unstable();
+        self.samples
+            .iter()
+            .find(|(n, l, _)| {
+                let mut have: Vec<(&str, &str)> =
+                    l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                have.sort_unstable();
+                n == name && have == wanted
+            })
+            .map(|(_, _, v)| *v as u64)
+            .unwrap_or_else(|| panic!("{name}{labels:?} is not exported:\n{}", self.text))
+    }
+
+    /// The sum of every series of the counter `name`; fails the test if none is exported.
+    pub fn sum(&self, name: &str) -> u64 {
+        let values: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(n, ..)| n == name)
+            .map(|(.., v)| *v)
+            .collect();
+        assert!(!values.is_empty(), "{name} is not exported:\n{}", self.text);
+        values.iter().sum::<f64>() as u64
+    }
+
+    /// The raw text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+/// What a spawned server's execution log says (`backend::executions` lines).
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionLog {
+    /// Lines for an execution of the create handler.
+    pub executions: u64,
+    /// Lines for a hit of the database guard.
+    pub guard_hits: u64,
+    /// Executions per idempotency record (hex SHA-256 of user and key).
+    pub per_record: HashMap<String, u64>,
+    /// Every execution-log line, as JSON.
+    pub lines: Vec<Value>,
+}
+
+impl ExecutionLog {
+    /// Reads `path` (JSON lines); other lines are ignored.
+    pub fn read(path: &Path) -> Self {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let mut log = Self::default();
+        for line in text.lines() {
+            let Ok(line) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if line["target"] != EXECUTION_LOG_TARGET {
+                continue;
+            }
+            let record = line["record"]
+                .as_str()
+                .unwrap_or_else(|| panic!("execution log line without a record: {line}"))
+                .to_owned();
+            assert!(
+                record.len() == 64 && record.bytes().all(|b| b.is_ascii_hexdigit()),
+                "the record is a hash: {line}"
+            );
+            if line["message"] == EXECUTION_MESSAGE {
+                log.executions += 1;
+                *log.per_record.entry(record).or_default() += 1;
+            } else if line["message"] == GUARD_HIT_MESSAGE {
+                log.guard_hits += 1;
+            } else {
+                panic!("unknown execution log line: {line}");
+            }
+            log.lines.push(line);
+        }
+        log
     }
 }
 

@@ -12,11 +12,11 @@ use std::{collections::HashMap, time::Duration};
 
 use bytes::Bytes;
 
-use super::{Ctx, backend_env, common_checks, key_of, log_paths, resources, run_creates};
+use super::{Ctx, backend_env, common_checks, key_of, resources, run_creates};
 use crate::{
     client::{Client, Failure, Outcome, RetryPolicy, deployment_body},
     db::{FleetDb, mint_token},
-    logs::LogScan,
+    executions::{Contract, Executions},
     procs::{Backend, Sampler},
     report::{ScenarioReport, mib},
 };
@@ -161,7 +161,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
     tally.timeouts += flood_tally.timeouts;
     tally.broken += flood_tally.broken;
     let verification = db.verify(&expected).await?;
-    let logs = LogScan::of(&log_paths(&[&a]));
+    let executions = Executions::gather(&mut [&mut a]).await;
     let (names, peaks, cpu) = resources(&sampler);
     let max_records = SHARDS * MAX_ENTRIES.div_ceil(SHARDS);
 
@@ -174,7 +174,8 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
         &tally,
         format!("budget overflow: {MAX_ENTRIES} entries / {MAX_BYTES} bytes"),
         &verification,
-        &logs,
+        &executions,
+        Contract::Once,
         &names,
         &peaks,
         &cpu,
@@ -197,7 +198,13 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
             mib(peak)
         ),
     );
-    common_checks(&mut report, &warm, &verification, &logs, &mut [&mut a]);
+    common_checks(
+        &mut report,
+        &warm,
+        &verification,
+        &executions,
+        Contract::Once,
+    );
     report.check(
         "once full, new keys get 503 store-full with Retry-After (nothing else)",
         !refused.is_empty() && wrong.is_empty(),
@@ -232,11 +239,11 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
     );
     report.check(
         "every key completed earlier replays byte for byte (fresh records never evicted)",
-        replay_ok == accepted.len() && logs.guard_hits == 0,
+        replay_ok == accepted.len() && executions.readable() && executions.guard_hits() == 0,
         format!(
             "{replay_ok} of {} replayed; {} answered by the database's unique key{}",
             accepted.len(),
-            logs.guard_hits,
+            executions.guard_hits(),
             if replay_bad.is_empty() {
                 String::new()
             } else {

@@ -20,8 +20,7 @@ use tokio::sync::Semaphore;
 use crate::{
     client::{Attempt, Client, Created, Failure, Outcome, deployment_body},
     db::Verification,
-    logs::LogScan,
-    procs::Backend,
+    executions::{Contract, Executions},
     report::ScenarioReport,
 };
 
@@ -317,33 +316,39 @@ impl Drop for Traffic {
     }
 }
 
-/// Checks every scenario makes: every create ended with a 201, the database holds exactly
-/// one deployment per create with the id the client got, no backend panicked or died.
+/// Checks every scenario makes: every create ended with a 201; the database holds one
+/// deployment per create with the id the client got; the handler executions are readable,
+/// account for every deployment and keep `contract`; no backend panicked or died.
 pub(crate) fn common_checks(
     report: &mut ScenarioReport,
     results: &Results,
     verification: &Verification,
-    logs: &LogScan,
-    instances: &mut [&mut Backend],
+    executions: &Executions,
+    contract: Contract,
 ) {
     report.check(
         "every logical create ended with a 201",
         results.failures.is_empty(),
         results.describe_failures(),
     );
+    // One row per key is what the unique (user, key) column enforces whatever the layer
+    // does; what this checks is that every client got that row's id, and nothing else exists.
     report.check(
-        "database: exactly one deployment per logical create, id = the id the client got",
+        "database: a deployment for every logical create, with the id the client got",
         verification.ok(),
         verification.describe(),
     );
+    executions.checks(report, verification, contract);
     report.check(
         "no backend panicked",
-        logs.panics == 0,
-        format!("{} panic lines in the logs", logs.panics),
+        executions.panics() == 0,
+        format!("{} panic lines in the logs", executions.panics()),
     );
-    let dead: Vec<String> = instances
-        .iter_mut()
-        .filter_map(|b| (!b.alive()).then(|| b.name().to_owned()))
+    let dead: Vec<String> = executions
+        .instances
+        .iter()
+        .filter(|i| !i.alive)
+        .map(|i| i.name.clone())
         .collect();
     report.check(
         "every instance still running at the end",
@@ -409,11 +414,6 @@ pub(crate) fn check_retry_after_honoured(report: &mut ScenarioReport, journal: &
 /// Names, peak RSS and CPU seconds of the sampled instances.
 pub(crate) fn resources(sampler: &crate::procs::Sampler) -> (Vec<String>, Vec<u64>, Vec<f64>) {
     (sampler.names().to_vec(), sampler.peaks(), sampler.cpu())
-}
-
-/// Log paths of `instances`.
-pub(crate) fn log_paths(instances: &[&Backend]) -> Vec<PathBuf> {
-    instances.iter().map(|b| b.log().to_owned()).collect()
 }
 
 /// Sleeps until `deadline` (returns at once if it has passed).

@@ -16,13 +16,13 @@ use std::{
 };
 
 use super::{
-    Ctx, Traffic, backend_env, check_retry_after_honoured, common_checks, key_of, log_paths,
-    resources, sleep_until,
+    Ctx, Traffic, backend_env, check_retry_after_honoured, common_checks, key_of, resources,
+    sleep_until,
 };
 use crate::{
     client::{Attempt, Client, Outcome, RetryPolicy, deployment_body},
     db::{FleetDb, mint_token},
-    logs::LogScan,
+    executions::{Contract, Executions},
     procs::{Backend, PrivatePostgres, PrivateRedis, Sampler, find_pg_bin_dir},
     report::{ScenarioReport, secs},
 };
@@ -190,7 +190,7 @@ async fn run_one(ctx: &Ctx, kind: Kind) -> anyhow::Result<ScenarioReport> {
         }
     }
     let verification = db.verify(&expected).await?;
-    let logs = LogScan::of(&log_paths(&[&a, &b]));
+    let executions = Executions::gather(&mut [&mut a, &mut b]).await;
     let (names, peaks, cpu) = resources(&sampler);
 
     let outage = outage_answers(&journal, &windows);
@@ -216,7 +216,8 @@ async fn run_one(ctx: &Ctx, kind: Kind) -> anyhow::Result<ScenarioReport> {
             }
         ),
         &verification,
-        &logs,
+        &executions,
+        Contract::Once,
         &names,
         &peaks,
         &cpu,
@@ -257,8 +258,8 @@ async fn run_one(ctx: &Ctx, kind: Kind) -> anyhow::Result<ScenarioReport> {
         &mut report,
         &results,
         &verification,
-        &logs,
-        &mut [&mut a, &mut b],
+        &executions,
+        Contract::Once,
     );
     report.check(
         "during the outage every answer was 503 store-unavailable with Retry-After",
@@ -283,11 +284,6 @@ async fn run_one(ctx: &Ctx, kind: Kind) -> anyhow::Result<ScenarioReport> {
             windows.iter().map(|w| w.refused_keys).sum::<usize>(),
             executed.len()
         ),
-    );
-    report.check(
-        "nothing executed twice (no retry reached the database's unique key)",
-        logs.guard_hits == 0,
-        format!("{} handler runs caught by the unique key", logs.guard_hits),
     );
     let probe_ok = probes
         .iter()
