@@ -3,19 +3,9 @@
 
 mod common;
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-};
 use tower_idempotency::{
     Fingerprint,
     store::{Claim, FencingToken, IdempotencyStore, StoreError, StoreErrorKind},
@@ -23,11 +13,9 @@ use tower_idempotency::{
 };
 use tower_idempotency_postgres::{
     PostgresStore,
-    sqlx::{
-        self,
-        postgres::{PgPoolOptions, PgSslMode},
-    },
+    sqlx::{self, postgres::PgPoolOptions},
 };
+use tower_idempotency_testkit::Relay;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const FP: Fingerprint = Fingerprint::from_bytes([5; Fingerprint::LEN]);
@@ -242,63 +230,20 @@ async fn schema_qualified_tables_and_concurrent_migrations() {
         .unwrap();
 }
 
-/// A relay to the real server that silently drops everything, both ways, once `frozen`:
-/// a server (or network) that stops answering without closing the connection.
-async fn freezable_relay(upstream: (String, u16), frozen: Arc<AtomicBool>) -> u16 {
-    async fn pump(
-        mut from: tokio::net::tcp::OwnedReadHalf,
-        mut to: tokio::net::tcp::OwnedWriteHalf,
-        frozen: Arc<AtomicBool>,
-    ) {
-        let mut buf = vec![0; 64 * 1024];
-        loop {
-            match from.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) if !frozen.load(Ordering::SeqCst) => {
-                    if to.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-            }
-        }
-    }
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (client, _) = listener.accept().await.unwrap();
-            let server = TcpStream::connect((upstream.0.as_str(), upstream.1))
-                .await
-                .unwrap();
-            let (client_read, client_write) = client.into_split();
-            let (server_read, server_write) = server.into_split();
-            tokio::spawn(pump(client_read, server_write, Arc::clone(&frozen)));
-            tokio::spawn(pump(server_read, client_write, Arc::clone(&frozen)));
-        }
-    });
-    port
-}
-
+/// The server (or the network to it) stops answering without closing anything: every
+/// connection, open or new, goes silent. Every operation fails with `Unavailable` after the
+/// operation timeout (without it, one would hang). When the path comes back, the store
+/// works again within about twice the operation timeout: the silent connections were closed,
+/// not returned to the pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_stops_answering_is_unavailable_after_the_operation_timeout() {
+    const T: Duration = Duration::from_millis(500);
     let direct = common::fresh_store().await;
-    let options = common::connect_options();
-    let frozen = Arc::new(AtomicBool::new(false));
-    let port = freezable_relay(
-        (options.get_host().to_owned(), options.get_port()),
-        Arc::clone(&frozen),
-    )
-    .await;
+    let relay = Relay::start(common::server_addr()).await;
     let store = PostgresStore::builder()
         .table(direct.table())
-        .operation_timeout(Duration::from_millis(500))
-        .connect_with(
-            options
-                .host("127.0.0.1")
-                .port(port)
-                .ssl_mode(PgSslMode::Disable),
-        )
+        .operation_timeout(T)
+        .connect_with(common::through(relay.port()))
         .await
         .expect("connect through the relay");
     let id = unique_id("frozen");
@@ -306,7 +251,7 @@ async fn a_server_that_stops_answering_is_unavailable_after_the_operation_timeou
         panic!("claim")
     };
 
-    frozen.store(true, Ordering::SeqCst);
+    relay.silence_all();
     let started = Instant::now();
     assert_kind(
         "complete",
@@ -334,5 +279,55 @@ async fn a_server_that_stops_answering_is_unavailable_after_the_operation_timeou
             .await
             .is_err()
     );
+
+    // The path comes back: the same store works again.
+    relay.restore();
+    let restored = Instant::now();
+    loop {
+        match store.check().await {
+            Ok(()) => break,
+            Err(e) => assert!(
+                restored.elapsed() < 2 * T,
+                "still failing {:?} after the path came back: {e}",
+                restored.elapsed()
+            ),
+        }
+    }
+    println!(
+        "working again {:?} after the path came back",
+        restored.elapsed()
+    );
+    store
+        .complete(&id, token, Bytes::from_static(b"kept"), HOUR)
+        .await
+        .unwrap();
     common::drop_table(&direct).await;
+}
+
+/// A table without the store's columns, or a database that does not exist: misconfiguration,
+/// `Backend` (the layer refuses to fail open on it), never `Unavailable`.
+#[tokio::test]
+async fn misconfiguration_is_a_backend_error() {
+    let base = common::connect(&common::unique_table()).await;
+    let table = common::unique_table();
+    sqlx::query(&format!("CREATE TABLE \"{table}\" (id BYTEA PRIMARY KEY)"))
+        .execute(base.pool())
+        .await
+        .unwrap();
+    let store = PostgresStore::from_pool(base.pool().clone())
+        .with_table(&table)
+        .unwrap();
+    assert_kind(
+        "claim on a table without the store's columns",
+        store.claim(&unique_id("wrong-table"), &FP, HOUR).await,
+        StoreErrorKind::Backend,
+    );
+    common::drop_table(&store).await;
+    assert_kind(
+        "connect to a database that does not exist",
+        PostgresStore::builder()
+            .connect_with(common::connect_options().database("tip_no_such_database"))
+            .await,
+        StoreErrorKind::Backend,
+    );
 }

@@ -10,6 +10,11 @@
 //! Round trips include sqlx's own: it pings (a lone `Sync`) every connection returned to the
 //! pool, after the operation has returned, and, with `test_before_acquire` (the default),
 //! every idle connection before handing it out.
+//!
+//! Per operation, in both protocols (prepared statements; transaction pooling's simple
+//! protocol): one statement, one round trip, plus the release ping. A first request is a
+//! claim and a complete; a replay, a 409 or a 422 is one claim that only reads the record
+//! (no new row version, no row lock).
 
 mod common;
 
@@ -18,7 +23,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -28,10 +33,13 @@ use tokio::{
 };
 use tower_idempotency::{
     Fingerprint,
-    store::{Claim, IdempotencyStore},
+    store::{Claim, IdempotencyStore, RecordId},
     testing::unique_id,
 };
-use tower_idempotency_postgres::{PostgresStore, sqlx::postgres::PgSslMode};
+use tower_idempotency_postgres::{
+    PostgresStore,
+    sqlx::{self, Row, postgres::PgSslMode},
+};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -172,31 +180,45 @@ const ONE: Snapshot = Snapshot {
     round_trips: 2,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_operation_is_one_statement() {
-    let options = common::connect_options();
-    let counts = Arc::new(Counts::default());
-    let port = start_relay(
-        (options.get_host().to_owned(), options.get_port()),
-        Arc::clone(&counts),
-    )
-    .await;
-    // Make sure the server is reachable directly first, for a clear message if it is not.
-    let direct = common::fresh_store().await;
-    let store = PostgresStore::builder()
-        .table(direct.table())
+/// A store on `table` through the counting relay on `port`, one connection, no ping before
+/// use unless `test_before_acquire`.
+async fn relayed(
+    table: &str,
+    port: u16,
+    test_before_acquire: bool,
+    transaction_pooling: bool,
+) -> PostgresStore {
+    PostgresStore::builder()
+        .table(table)
         .max_connections(1)
-        .test_before_acquire(false)
+        .test_before_acquire(test_before_acquire)
+        .transaction_pooling(transaction_pooling)
         .connect_with(
-            options
-                .clone()
+            common::connect_options()
                 .host("127.0.0.1")
                 .port(port)
                 .ssl_mode(PgSslMode::Disable),
         )
         .await
-        .expect("connect through the relay");
+        .expect("connect through the relay")
+}
 
+/// The row version of a record: a write of any kind (even of the same values) changes it.
+async fn version(direct: &PostgresStore, id: &RecordId) -> String {
+    sqlx::query(&format!(
+        "SELECT xmin::text || '/' || ctid::text FROM \"{}\" WHERE id = $1",
+        direct.table()
+    ))
+    .bind(&id.as_bytes()[..])
+    .fetch_one(direct.pool())
+    .await
+    .expect("the record exists")
+    .get(0)
+}
+
+/// Every operation of `store` (through the relay counting `counts`) costs one statement
+/// and one round trip plus sqlx's release ping; a replay, a 422 and a 409 write nothing.
+async fn assert_one_statement_each(counts: &Counts, store: &PostgresStore, direct: &PostgresStore) {
     let fp = Fingerprint::from_bytes([1; Fingerprint::LEN]);
     let other_fp = Fingerprint::from_bytes([2; Fingerprint::LEN]);
     let body = Bytes::from_static(b"HTTP/1.1 201 Created");
@@ -220,64 +242,99 @@ async fn every_operation_is_one_statement() {
 
     // A first request: claim + complete.
     let id = unique_id("first");
-    let (claim, c) = cost(&counts, store.claim(&id, &fp, HOUR)).await;
+    let (claim, c) = cost(counts, store.claim(&id, &fp, HOUR)).await;
     let Claim::Acquired(token) = claim.unwrap() else {
         panic!("first claim")
     };
     assert_eq!(c, ONE, "claim that acquires");
-    let (done, c) = cost(&counts, store.complete(&id, token, body.clone(), HOUR)).await;
+    let (done, c) = cost(counts, store.complete(&id, token, body.clone(), HOUR)).await;
     done.unwrap();
     assert_eq!(c, ONE, "complete");
 
-    // A replay (and a 422: same key, other request) is the claim alone.
-    let (claim, c) = cost(&counts, store.claim(&id, &fp, HOUR)).await;
+    // A replay (and a 422: same key, other request) is the claim alone, and reads only.
+    let before = version(direct, &id).await;
+    let (claim, c) = cost(counts, store.claim(&id, &fp, HOUR)).await;
     assert!(matches!(claim.unwrap(), Claim::Completed(r) if r.response == body));
     assert_eq!(c, ONE, "claim that replays");
-    let (claim, c) = cost(&counts, store.claim(&id, &other_fp, HOUR)).await;
+    let (claim, c) = cost(counts, store.claim(&id, &other_fp, HOUR)).await;
     assert!(matches!(claim.unwrap(), Claim::Completed(r) if r.fingerprint == fp));
     assert_eq!(c, ONE, "claim with another fingerprint");
+    assert_eq!(
+        version(direct, &id).await,
+        before,
+        "a replay wrote a new version of the record"
+    );
 
-    // A retry while in flight (409) is the claim alone too.
+    // A retry while in flight (409) is the claim alone too, and reads only.
     let id = unique_id("in-flight");
     let Claim::Acquired(token) = store.claim(&id, &fp, HOUR).await.unwrap() else {
         panic!("claim")
     };
-    let (claim, c) = cost(&counts, store.claim(&id, &fp, HOUR)).await;
+    let before = version(direct, &id).await;
+    let (claim, c) = cost(counts, store.claim(&id, &fp, HOUR)).await;
     assert!(matches!(claim.unwrap(), Claim::InFlight { .. }));
     assert_eq!(c, ONE, "claim that finds the record in flight");
+    assert_eq!(
+        version(direct, &id).await,
+        before,
+        "a claim that found the record in flight wrote a new version of it"
+    );
 
     // Renew, release, check, and a guarded write that fails.
-    let (done, c) = cost(&counts, store.renew(&id, token, HOUR)).await;
+    let (done, c) = cost(counts, store.renew(&id, token, HOUR)).await;
     done.unwrap();
     assert_eq!(c, ONE, "renew");
-    let (done, c) = cost(&counts, store.release(&id, token)).await;
+    let (done, c) = cost(counts, store.release(&id, token)).await;
     done.unwrap();
     assert_eq!(c, ONE, "release");
-    let (done, c) = cost(&counts, store.complete(&id, token, body.clone(), HOUR)).await;
+    let (done, c) = cost(counts, store.complete(&id, token, body.clone(), HOUR)).await;
     assert!(done.is_err());
     assert_eq!(c, ONE, "complete that loses the lease");
-    let (done, c) = cost(&counts, store.check()).await;
+    let (done, c) = cost(counts, store.check()).await;
     done.unwrap();
     assert_eq!(c, ONE, "check");
-    let (done, c) = cost(&counts, store.delete_expired(1000)).await;
+    let (done, c) = cost(counts, store.delete_expired(1000)).await;
     done.unwrap();
     assert_eq!(c, ONE, "delete_expired");
 
+    // A claim that takes over an expired record: still one statement.
+    let id = unique_id("expired");
+    let Claim::Acquired(_) = store
+        .claim(&id, &fp, Duration::from_millis(50))
+        .await
+        .unwrap()
+    else {
+        panic!("claim")
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (claim, c) = cost(counts, store.claim(&id, &fp, HOUR)).await;
+    assert!(matches!(claim.unwrap(), Claim::Acquired(_)));
+    assert_eq!(c, ONE, "claim that takes over an expired record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_is_one_statement() {
+    let options = common::connect_options();
+    let counts = Arc::new(Counts::default());
+    let port = start_relay(
+        (options.get_host().to_owned(), options.get_port()),
+        Arc::clone(&counts),
+    )
+    .await;
+    // Make sure the server is reachable directly first, for a clear message if it is not.
+    let direct = common::fresh_store().await;
+
+    // Connecting costs one statement more, once per store: the check that the session
+    // settings (isolation, statement and lock timeouts) took effect.
+    let (store, c) = cost(&counts, relayed(direct.table(), port, false, false)).await;
+    assert_eq!(c.statements, 1, "connecting: the settings check");
+    assert_one_statement_each(&counts, &store, &direct).await;
     store.pool().close().await;
 
-    // With sqlx's default `test_before_acquire`, idle connections are pinged before use too:
+    // With `test_before_acquire` (the default), idle connections are pinged before use too:
     // still one statement, one more round trip.
-    let store = PostgresStore::builder()
-        .table(direct.table())
-        .max_connections(1)
-        .connect_with(
-            options
-                .host("127.0.0.1")
-                .port(port)
-                .ssl_mode(PgSslMode::Disable),
-        )
-        .await
-        .expect("connect through the relay");
+    let store = relayed(direct.table(), port, true, false).await;
+    let fp = Fingerprint::from_bytes([1; Fingerprint::LEN]);
     let id = unique_id("default-pool");
     store.claim(&id, &fp, HOUR).await.unwrap(); // prepares the claim
     let (claim, c) = cost(&counts, store.claim(&id, &fp, HOUR)).await;
@@ -293,5 +350,67 @@ async fn every_operation_is_one_statement() {
     );
     store.pool().close().await;
 
+    // Transaction pooling: every operation is one simple-protocol message (its settings and
+    // its statement), nothing prepared, no settings check on connecting.
+    let (store, c) = cost(&counts, relayed(direct.table(), port, false, true)).await;
+    assert_eq!(c.statements, 0, "connecting with transaction pooling");
+    assert_one_statement_each(&counts, &store, &direct).await;
+    store.pool().close().await;
+
     common::drop_table(&direct).await;
+}
+
+/// Concurrent replays of one key do not queue on its row: a replay is answered while
+/// another transaction holds the row locked (the previous claim statement updated the row,
+/// so it had to wait for that lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_do_not_wait_for_the_row_lock() {
+    for transaction_pooling in [false, true] {
+        let direct = common::fresh_store().await;
+        let store = PostgresStore::builder()
+            .table(direct.table())
+            .transaction_pooling(transaction_pooling)
+            .operation_timeout(Duration::from_secs(10))
+            .connect_with(common::connect_options())
+            .await
+            .unwrap();
+        let fp = Fingerprint::from_bytes([1; Fingerprint::LEN]);
+        let (done, live) = (unique_id("locked-done"), unique_id("locked-live"));
+        let Claim::Acquired(token) = store.claim(&done, &fp, HOUR).await.unwrap() else {
+            panic!("claim")
+        };
+        store
+            .complete(&done, token, Bytes::from_static(b"kept"), HOUR)
+            .await
+            .unwrap();
+        store.claim(&live, &fp, HOUR).await.unwrap();
+
+        let mut blocker = direct.pool().begin().await.unwrap();
+        sqlx::query(&format!(
+            "SELECT 1 FROM \"{}\" WHERE id = ANY($1) FOR UPDATE",
+            direct.table()
+        ))
+        .bind(vec![done.as_bytes().to_vec(), live.as_bytes().to_vec()])
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+        let started = Instant::now();
+        for _ in 0..10 {
+            let replay = store.claim(&done, &fp, HOUR).await.unwrap();
+            assert!(matches!(replay, Claim::Completed(r) if &r.response[..] == b"kept"));
+            let in_flight = store.claim(&live, &fp, HOUR).await.unwrap();
+            assert!(matches!(in_flight, Claim::InFlight { .. }));
+        }
+        let took = started.elapsed();
+        blocker.rollback().await.unwrap();
+        println!(
+            "transaction pooling {transaction_pooling}: 20 claims under a held row lock in {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "replays waited for the row lock: {took:?}"
+        );
+        store.pool().close().await;
+        common::drop_table(&direct).await;
+    }
 }

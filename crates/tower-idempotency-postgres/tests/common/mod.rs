@@ -4,6 +4,7 @@
 
 use std::{
     hash::{BuildHasher, RandomState},
+    net::{SocketAddr, ToSocketAddrs},
     str::FromStr,
     sync::{
         OnceLock,
@@ -14,8 +15,14 @@ use std::{
 
 use tower_idempotency_postgres::{
     PostgresStore,
-    sqlx::{self, Row, postgres::PgConnectOptions},
+    sqlx::{
+        self, Row,
+        postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode},
+    },
 };
+
+pub(crate) const DEFAULT_PGBOUNCER_URL: &str = "postgres://postgres@127.0.0.1:6432/test";
+pub(crate) const DEFAULT_PGBOUNCER_IGNORING_URL: &str = "postgres://postgres@127.0.0.1:6433/test";
 
 pub(crate) const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
@@ -139,4 +146,117 @@ async fn drop_stale_tables(store: &PostgresStore) {
             eprintln!("could not drop stale test table {name}: {e}");
         }
     }
+}
+
+/// The test server's TCP address, for a relay in front of it.
+pub(crate) fn server_addr() -> SocketAddr {
+    let options = connect_options();
+    (options.get_host(), options.get_port())
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .unwrap_or_else(|| {
+            panic!(
+                "DATABASE_URL must name a TCP host for tests that relay its traffic, not {:?}",
+                options.get_host()
+            )
+        })
+}
+
+/// The test server's options, through a relay listening on `port`.
+pub(crate) fn through(port: u16) -> PgConnectOptions {
+    connect_options()
+        .host("127.0.0.1")
+        .port(port)
+        .ssl_mode(PgSslMode::Disable)
+}
+
+/// A unique `application_name`, so a test can find its store's backends in
+/// `pg_stat_activity`.
+pub(crate) fn unique_app(label: &str) -> String {
+    let table = unique_table();
+    format!("tip-{label}-{}", table.trim_start_matches(PREFIX))
+}
+
+/// A direct pool of the test's own (not the store's), for looking at and interfering with
+/// the server.
+pub(crate) async fn admin_pool() -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(connect_options())
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at DATABASE_URL: {e}"))
+}
+
+/// Backends of `app` that wait for a lock now.
+pub(crate) async fn waiting_for_locks(admin: &PgPool, app: &str) -> i64 {
+    sqlx::query(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+         AND wait_event_type = 'Lock'",
+    )
+    .bind(app)
+    .fetch_one(admin)
+    .await
+    .expect("read pg_stat_activity")
+    .get(0)
+}
+
+/// Waits (polling the server, at most `within`) until `ready` holds for the number of
+/// backends of `app` waiting for a lock; returns how long it took.
+pub(crate) async fn until_lock_waiters(
+    admin: &PgPool,
+    app: &str,
+    within: Duration,
+    ready: impl Fn(i64) -> bool,
+) -> Result<Duration, i64> {
+    let started = std::time::Instant::now();
+    loop {
+        let n = waiting_for_locks(admin, app).await;
+        if ready(n) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > within {
+            return Err(n);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `PGBOUNCER_URL`, or the PgBouncer `scripts/test` starts.
+pub(crate) fn pgbouncer_url() -> String {
+    std::env::var("PGBOUNCER_URL").unwrap_or_else(|_| DEFAULT_PGBOUNCER_URL.to_owned())
+}
+
+/// `PGBOUNCER_IGNORING_URL`, or the PgBouncer with `ignore_startup_parameters =
+/// extra_float_digits, options` that `scripts/test` starts.
+pub(crate) fn pgbouncer_ignoring_url() -> String {
+    std::env::var("PGBOUNCER_IGNORING_URL")
+        .unwrap_or_else(|_| DEFAULT_PGBOUNCER_IGNORING_URL.to_owned())
+}
+
+/// A scratch database with `settings` (`ALTER DATABASE ... SET`), dropped with
+/// [`drop_database`].
+pub(crate) async fn scratch_database(admin: &PgPool, settings: &[(&str, &str)]) -> String {
+    let name = unique_table().replace(PREFIX, "tip_db_");
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(admin)
+        .await
+        .unwrap_or_else(|e| panic!("CREATE DATABASE (the test user must be allowed to): {e}"));
+    for (setting, value) in settings {
+        sqlx::query(&format!(
+            "ALTER DATABASE \"{name}\" SET {setting} = '{value}'"
+        ))
+        .execute(admin)
+        .await
+        .expect("ALTER DATABASE SET");
+    }
+    name
+}
+
+pub(crate) async fn drop_database(admin: &PgPool, name: &str) {
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(admin)
+        .await
+        .expect("drop the scratch database");
 }
