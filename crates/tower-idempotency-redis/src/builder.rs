@@ -12,6 +12,7 @@ use tower_idempotency::store::{StoreError, StoreErrorKind};
 
 use crate::{
     DEFAULT_PREFIX, RedisStore,
+    cluster::Cluster,
     connection::Connection,
     error::{config_error, within},
     single::SingleNode,
@@ -68,8 +69,10 @@ impl RedisStoreBuilder {
     ///
     /// An operation as a whole, reconnecting included, fails with
     /// [`StoreErrorKind::Unavailable`] after the connect timeout plus this. A connection on
-    /// which a command waited this long without any reply arriving is given up and replaced
-    /// (see the [crate docs](crate#failures)).
+    /// which a command waited this long without any reply arriving is given up and replaced;
+    /// on a cluster, the whole cluster connection is rebuilt when the node of a command that
+    /// waited this long does not answer for half as long again (see the
+    /// [crate docs](crate#failures)).
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
         self
@@ -220,8 +223,12 @@ impl RedisStoreBuilder {
         if tls {
             install_crypto_provider();
         }
-        let connection = within(deadline, client.get_async_connection()).await?;
-        self.finish(Connection::Cluster(connection)).await
+        let cluster = within(
+            deadline,
+            Cluster::connect(client, self.response_timeout, deadline),
+        )
+        .await?;
+        self.finish(Connection::Cluster(cluster)).await
     }
 
     async fn finish(self, connection: Connection) -> Result<RedisStore, StoreError> {

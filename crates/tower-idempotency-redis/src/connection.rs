@@ -2,12 +2,10 @@
 
 use redis::{
     Cmd, RedisResult, Value,
-    aio::ConnectionLike,
-    cluster_async::ClusterConnection,
     cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo},
 };
 
-use crate::{scripts, single::SingleNode};
+use crate::{cluster::Cluster, scripts, single::SingleNode};
 
 /// Whether a command may be sent a second time when the connection failed under it, the
 /// outcome of the first attempt unknown.
@@ -23,19 +21,25 @@ pub(crate) enum Resend {
 #[derive(Clone)]
 pub(crate) enum Connection {
     Single(SingleNode),
-    Cluster(ClusterConnection),
+    Cluster(Cluster),
 }
 
 impl Connection {
-    /// Sends one command (routed by its key on a cluster).
+    /// Sends one command (routed by its key on a cluster: `key`, which is `None` only for
+    /// commands without one).
     ///
-    /// The cluster client re-sends commands itself after timeouts and lost connections,
-    /// whatever `resend` says.
+    /// `resend` is what this crate's own recovery may do; the cluster client also re-sends
+    /// commands by itself after timeouts and lost connections, on the same connection.
     /// A server's error reply is an `Err`.
-    pub(crate) async fn query(&self, cmd: &Cmd, resend: Resend) -> RedisResult<Value> {
+    pub(crate) async fn query(
+        &self,
+        cmd: &Cmd,
+        key: Option<&str>,
+        resend: Resend,
+    ) -> RedisResult<Value> {
         match self {
             Self::Single(node) => node.query(cmd, resend).await,
-            Self::Cluster(cluster) => cluster.clone().req_packed_command(cmd).await,
+            Self::Cluster(cluster) => cluster.query(cmd, key, resend).await,
         }
         .and_then(Value::extract_error)
     }
@@ -53,7 +57,6 @@ impl Connection {
                 }
                 Self::Cluster(cluster) => {
                     cluster
-                        .clone()
                         .route_command(
                             script.load_cmd(),
                             RoutingInfo::MultiNode((
@@ -72,7 +75,7 @@ impl Connection {
     /// `PING`: the server, or every primary of a cluster.
     pub(crate) async fn ping(&self) -> RedisResult<()> {
         let ping = redis::cmd("PING");
-        self.query(&ping, Resend::Safe).await.map(drop)
+        self.query(&ping, None, Resend::Safe).await.map(drop)
     }
 
     pub(crate) fn mode(&self) -> &'static str {

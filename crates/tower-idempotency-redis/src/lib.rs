@@ -130,10 +130,21 @@
 //!   vanished). A claim or a renewal that met a dead connection is sent once more on a new
 //!   one within its deadline, so claims succeed again within about one response timeout of a
 //!   connection going dark.
-//! - **Cluster**: the cluster client reconnects after nodes restart or slots move. It retries a
-//!   command that timed out on the same connection rather than replacing it, so a connection
-//!   to a node that went silent is only closed by TCP: `TCP_USER_TIMEOUT` (twice the deadline)
-//!   when the node vanished with bytes unacknowledged, keepalive probes when it was idle.
+//! - **Cluster**: the cluster client reconnects after nodes restart or slots move, but it
+//!   retries a command that timed out on the same connection rather than replacing it. So the
+//!   store watches for silence itself: when a command waited a whole response timeout and the
+//!   node that owns its key does not answer a `GET` of that key within half a response timeout
+//!   more either, the whole cluster connection is rebuilt (new connections to every node, a
+//!   new slot map), checked against that node, and swapped in; what is in flight on the old
+//!   one finishes there. A claim or a renewal that met the silent connection is sent once
+//!   more on the new one, within its deadline, so claims on every slot succeed again within
+//!   about one and a half response timeouts; `complete` and `release` are never sent twice by
+//!   the store (they wait for their first attempt, and fail if it is not answered). The other
+//!   nodes are not disturbed. One rebuild runs at a time, and they back off: at least a second
+//!   (or the deadline) apart, doubling while they keep being needed, up to 10 s apart; a
+//!   rebuilt connection that does not reach the silent node either (a node really down) is
+//!   dropped, keeping the healthy nodes' connections. A node that is down is therefore
+//!   noticed again within up to 10 s of coming back.
 //!
 //! A claim whose reply was lost may be sent again (by the cluster client, or after a
 //! reconnection) and find its own in-flight record: the claim recognises its own fencing
@@ -150,6 +161,7 @@
 //! (or enough memory) for idempotency records.
 
 mod builder;
+mod cluster;
 mod codec;
 mod connection;
 mod error;
@@ -192,7 +204,7 @@ const MAX_BACKGROUND_RELEASES: usize = 256;
 /// A Redis-backed [`IdempotencyStore`]; see the [crate docs](crate) for how it stores records.
 ///
 /// Cheap to clone: clones share one connection (a multiplexed, reconnecting connection to a
-/// single node, or one cluster connection).
+/// single node, or one self-repairing cluster connection).
 #[derive(Clone)]
 pub struct RedisStore {
     connection: Connection,
@@ -357,14 +369,24 @@ impl IdempotencyStore for RedisStore {
             .arg("GET")
             .arg("PX")
             .arg(millis(lease));
-        match within(self.deadline, self.connection.query(&set, Resend::Safe)).await {
+        match within(
+            self.deadline,
+            self.connection.query(&set, Some(&key), Resend::Safe),
+        )
+        .await
+        {
             Ok(reply) => existing(reply, token, "SET ... NX GET"),
             Err(full) if full.kind() == StoreErrorKind::CapacityExhausted => {
                 // At maxmemory Redis refuses every SET, even one that would change nothing;
                 // a record that exists can still be read, and answered from.
                 let mut get = redis::cmd("GET");
                 get.arg(&key);
-                match within(self.deadline, self.connection.query(&get, Resend::Safe)).await {
+                match within(
+                    self.deadline,
+                    self.connection.query(&get, Some(&key), Resend::Safe),
+                )
+                .await
+                {
                     Ok(Value::Nil) | Err(_) => Err(full),
                     Ok(reply) => existing(reply, token, "GET"),
                 }

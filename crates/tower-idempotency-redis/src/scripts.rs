@@ -60,10 +60,10 @@ impl Script {
         args: &[&[u8]],
     ) -> RedisResult<Value> {
         let evalsha = self.command("EVALSHA", &self.sha, key, args);
-        match connection.query(&evalsha, self.resend).await {
+        match connection.query(&evalsha, Some(key), self.resend).await {
             Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 let eval = self.command("EVAL", &self.body, key, args);
-                connection.query(&eval, self.resend).await
+                connection.query(&eval, Some(key), self.resend).await
             }
             result => result,
         }
