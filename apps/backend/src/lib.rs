@@ -2,11 +2,13 @@
 //! `tower-idempotency` layer, with a unique (user, key) column as a second line of defence.
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library; the integration tests build
-//! the same [`app`] over SQLite and PostgreSQL.
+//! the same [`app`] over SQLite and PostgreSQL. [`cli`] is the API's own client
+//! (`backend deploy ...`).
 
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -1,4 +1,5 @@
-//! `backend`: serve the deployments API, mint API tokens, print the OpenAPI description.
+//! `backend`: serve the deployments API, mint API tokens, print the OpenAPI description, and
+//! talk to a running API (`backend deploy ...`).
 
 use std::process::ExitCode;
 
@@ -43,6 +44,8 @@ enum Command {
     Token(TokenCommand),
     /// Print the OpenAPI description (YAML) of the HTTP API.
     Openapi,
+    /// Create, show and list deployments on a running API (its command-line client).
+    Deploy(backend::cli::DeployArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,7 +61,19 @@ enum TokenCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version exit 0. A wrong command line exits 1, not clap's 2, which
+        // `backend deploy` keeps for "gave up on transient failures: retry later".
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -81,10 +96,13 @@ fn main() -> ExitCode {
                 print!("{yaml}");
                 Ok(())
             }
+            // The client's commands have exit statuses of their own (0, 1, 2).
+            Some(Command::Deploy(args)) => return Ok(backend::cli::run(args).await),
         }
+        .map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
