@@ -16,27 +16,14 @@ use tower_idempotency_redis::RedisStore;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// Calls per command since the server started, `INFO` itself left out.
-fn command_calls(server: &common::DedicatedServer) -> BTreeMap<String, u64> {
-    let info: String = server.query(redis::cmd("INFO").arg("commandstats"));
-    info.lines()
-        .filter_map(|line| {
-            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = stats.split(',').find_map(|s| s.strip_prefix("calls="))?;
-            Some((name.to_owned(), calls.parse().ok()?))
-        })
-        .filter(|(name, _)| name != "info")
-        .collect()
-}
-
 /// The commands `operation` caused, by name.
 async fn commands_of<T>(
     server: &common::DedicatedServer,
     operation: impl std::future::Future<Output = T>,
 ) -> (T, BTreeMap<String, u64>) {
-    let before = command_calls(server);
+    let before = server.command_calls();
     let output = operation.await;
-    let after = command_calls(server);
+    let after = server.command_calls();
     let delta = after
         .into_iter()
         .filter_map(|(name, calls)| {
