@@ -318,6 +318,54 @@ async fn failing_open_never_covers_a_misconfigured_store() {
     assert_eq!(server.executions(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_that_arrives_after_the_record_completed_is_no_loss() {
+    let faults = Faults::new();
+    // The renewal reaches the store only after the handler finished and its record completed.
+    faults.delay(Operation::Renew, Duration::from_millis(300));
+    let (store, probe) = Probed::new(faults.wrap(MemoryStore::default()));
+    let seen: Arc<std::sync::Mutex<Option<Lease>>> = Arc::default();
+    let app = {
+        let (faults, seen) = (faults.clone(), seen.clone());
+        Router::new()
+            .route(
+                "/finish",
+                post(move |Extension(lease): Extension<Lease>| async move {
+                    *seen.lock().unwrap() = Some(lease);
+                    while faults.calls(Operation::Renew) == 0 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    StatusCode::CREATED // while the renewal is on its way
+                }),
+            )
+            .layer(
+                IdempotencyLayer::new(store)
+                    .allow_unscoped(true)
+                    .lease(Duration::from_millis(120)),
+            )
+    };
+    let served = serve(app).await;
+    let r = reqwest::Client::new()
+        .post(served.url("/finish"))
+        .header("idempotency-key", unique("finish"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    probe
+        .wait_until("the late renewal refused", |c| c.errors >= 1)
+        .await;
+    let lease = seen
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the handler saw its lease");
+    assert!(
+        !lease.is_lost(),
+        "a finished request did not lose its claim"
+    );
+}
+
 // 4. A body that fails mid-stream reaches the client as a failure.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,6 +104,7 @@ where
             Ok(finish_response(&config, response).await)
         }
         .await;
+        lease.finish();
         let answer = record(&config, &id, token, &lease, finished).await;
         drop(renewal);
         guard.disarm();

@@ -192,6 +192,8 @@ async fn renew<St: IdempotencyStore>(
             lease.renewed(sent, config.lease);
             true
         }
+        // The handler finished meanwhile, and its record may be complete already.
+        Err(_) if lease.is_finished() => false,
         Err(error) if error.kind() == StoreErrorKind::LeaseLost => {
             lease.mark_lost("the store refused to renew the claim");
             false

@@ -2,7 +2,10 @@
 
 use std::{
     fmt,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -25,6 +28,9 @@ pub struct Lease(Arc<State>);
 struct State {
     lost: CancellationToken,
     times: Mutex<Times>,
+    /// The handler is done; its outcome is being recorded. A renewal that then finds the
+    /// record completed is no loss.
+    finished: AtomicBool,
 }
 
 /// By the layer's clock.
@@ -46,7 +52,17 @@ impl Lease {
                 held_until: later(now, lease),
                 renew_at: later(now, lease / 3),
             }),
+            finished: AtomicBool::new(false),
         }))
+    }
+
+    /// The handler is done: from now on only `complete` speaks for the claim.
+    pub(crate) fn finish(&self) {
+        self.0.finished.store(true, Ordering::Release);
+    }
+
+    pub(super) fn is_finished(&self) -> bool {
+        self.0.finished.load(Ordering::Acquire)
     }
 
     /// Whether the claim was lost: another request may be running with this key.
