@@ -212,7 +212,7 @@ async fn serve(
 }
 
 /// Reads one request: the header block and `Content-Length` bytes of body.
-async fn read_request(client: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+pub(crate) async fn read_request(client: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut buffer = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -20,7 +20,7 @@ use super::{
     Ctx, Traffic, backend_env, check_retry_after_honoured, common_checks, resources, sleep_until,
 };
 use crate::{
-    client::{Attempt, Client, Outcome, RetryPolicy},
+    client::{self, Attempt, Client, Outcome},
     db::{FleetDb, mint_token},
     executions::{Contract, Executions},
     procs::{Backend, PrivateRedis, Sampler},
@@ -30,8 +30,8 @@ use crate::{
 const NAME: &str = "crash";
 const LEASE: Duration = Duration::from_secs(3);
 /// What a blocked key may take beyond its lease to answer something else than 409: the
-/// client's wait after a 409 (`Retry-After: 1` plus up to 0.25 s of jitter), the request
-/// itself, and the victim's restart moving traffic around.
+/// client's wait after a 409 (`Retry-After: 1`, waited as asked), the request itself, and
+/// the victim's restart moving traffic around.
 const MARGIN: Duration = Duration::from_secs(3);
 const LEAD: Duration = Duration::from_secs(1);
 /// Long enough for the keys blocked by one kill to recover (lease, then the client's wait)
@@ -80,7 +80,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
     let client = Client::new(
         instances.iter().map(Backend::url).collect(),
         &token,
-        RetryPolicy::default(),
+        client::policy().build()?,
         true,
         true,
     )?;
@@ -185,7 +185,14 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
         format!("{} / {}", recovery.0, secs(recovery.1)),
     );
     results.figure(&mut report);
-    common_checks(&mut report, &results, &verification, &executions, CONTRACT);
+    common_checks(
+        &mut report,
+        &results,
+        &verification,
+        &executions,
+        CONTRACT,
+        &[&client],
+    );
     report.check(
         "every kill hit requests in flight",
         kills

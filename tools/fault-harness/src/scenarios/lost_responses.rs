@@ -7,7 +7,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use super::{Ctx, backend_env, check_retry_after_honoured, common_checks, resources, run_creates};
 use crate::{
-    client::{Client, RetryPolicy},
+    client::{self, Client},
     db::{FleetDb, mint_token},
     executions::{Contract, Executions},
     procs::{Backend, PrivateRedis, Sampler},
@@ -42,7 +42,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
     let client = Client::new(
         proxies.iter().map(FaultProxy::url).collect(),
         &token,
-        RetryPolicy::default(),
+        client::policy().build()?,
         // A new connection per attempt: none is reused after a drop.
         true,
         true,
@@ -87,6 +87,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
         &verification,
         &executions,
         Contract::Once,
+        &[&client],
     );
     let share = drops as f64 / connections.max(1) as f64;
     report.check(

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::{Ctx, backend_env, common_checks, key_of, resources, run_creates};
 use crate::{
-    client::{Client, Failure, Outcome, RetryPolicy, deployment_body},
+    client::{self, Client, Failure, Outcome, deployment_body},
     db::{FleetDb, mint_token},
     executions::{Contract, Executions},
     procs::{Backend, Sampler},
@@ -58,17 +58,20 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
     let baseline = sampler.peaks()[0];
 
     // Keys completed before the store fills: they must replay at the end.
-    let client = Client::new(vec![a.url()], &token, RetryPolicy::default(), false, false)?;
+    let client = Client::new(
+        vec![a.url()],
+        &token,
+        client::policy().build()?,
+        false,
+        false,
+    )?;
     let warm = run_creates(client.clone(), NAME, 0..WARM_UP, CONCURRENCY, None).await;
 
     // The flood: one attempt per key, no retry.
     let once = Client::new(
         vec![a.url()],
         &token,
-        RetryPolicy {
-            max_attempts: 1,
-            ..RetryPolicy::default()
-        },
+        client::policy().max_attempts(1).build()?,
         false,
         false,
     )?;
@@ -204,6 +207,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
         &verification,
         &executions,
         Contract::Once,
+        &[&client, &once],
     );
     report.check(
         "once full, new keys get 503 store-full with Retry-After (nothing else)",

@@ -18,7 +18,7 @@ use clap::ValueEnum;
 use tokio::sync::Semaphore;
 
 use crate::{
-    client::{Attempt, Client, Created, Failure, Outcome, deployment_body},
+    client::{Attempt, Client, Created, Failure, Outcome, delay_seconds, deployment_body},
     db::Verification,
     executions::{Contract, Executions},
     report::ScenarioReport,
@@ -318,13 +318,15 @@ impl Drop for Traffic {
 
 /// Checks every scenario makes: every create ended with a 201; the database holds one
 /// deployment per create with the id the client got; the handler executions are readable,
-/// account for every deployment and keep `contract`; no backend panicked or died.
+/// account for every deployment and keep `contract`; no backend panicked or died; every
+/// `Retry-After` the `clients` saw was sane.
 pub(crate) fn common_checks(
     report: &mut ScenarioReport,
     results: &Results,
     verification: &Verification,
     executions: &Executions,
     contract: Contract,
+    clients: &[&Client],
 ) {
     report.check(
         "every logical create ended with a 201",
@@ -359,10 +361,41 @@ pub(crate) fn common_checks(
             format!("exited: {}", dead.join(", "))
         },
     );
+    check_retry_after_sane(report, clients);
 }
 
-/// The client's own discipline, checked from its journal: no retry came sooner than the
-/// previous answer's `Retry-After`.
+/// The clients' defect detector: every `Retry-After` any answer carried was delta-seconds
+/// and no longer than the policy's cap (the middleware would have waited anything else,
+/// capped or as a date; its observer records it instead).
+fn check_retry_after_sane(report: &mut ScenarioReport, clients: &[&Client]) {
+    let (mut count, mut samples) = (0, Vec::new());
+    for client in clients {
+        let (n, values) = client.retry_after_defects();
+        count += n;
+        samples.extend(values);
+    }
+    report.check(
+        "every Retry-After was delta-seconds, within the client's cap",
+        count == 0,
+        if count == 0 {
+            "none refused".to_owned()
+        } else {
+            format!(
+                "{count} refused: {}",
+                samples
+                    .iter()
+                    .take(3)
+                    .map(|v| format!("`{v}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+    );
+}
+
+/// The retrying middleware's discipline, checked from the journal: no retry came sooner
+/// than the previous answer's `Retry-After` (sent is stamped when the attempt leaves, after
+/// the middleware's wait; done when the observer saw the answer, before it).
 pub(crate) fn check_retry_after_honoured(report: &mut ScenarioReport, journal: &[Attempt]) {
     let mut by_key: HashMap<usize, Vec<&Attempt>> = HashMap::new();
     for attempt in journal {
@@ -378,11 +411,7 @@ pub(crate) fn check_retry_after_honoured(report: &mut ScenarioReport, journal: &
             else {
                 continue;
             };
-            let Some(seconds) = answer
-                .retry_after
-                .as_deref()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-            else {
+            let Some(seconds) = answer.retry_after.as_deref().and_then(delay_seconds) else {
                 continue;
             };
             honoured += 1;

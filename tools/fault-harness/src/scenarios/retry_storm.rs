@@ -10,7 +10,7 @@ use std::{
 
 use super::{Ctx, Results, backend_env, common_checks, key_of, resources};
 use crate::{
-    client::{Client, RetryPolicy, deployment_body},
+    client::{self, Client, deployment_body},
     db::{FleetDb, mint_token},
     executions::{Contract, Executions},
     procs::{Backend, PrivateRedis, Sample, Sampler},
@@ -46,10 +46,9 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
     let client = Client::new(
         vec![a.url(), b.url()],
         &token,
-        RetryPolicy {
-            deadline: storm + Duration::from_secs(30),
-            ..RetryPolicy::default()
-        },
+        client::policy()
+            .deadline(storm + Duration::from_secs(30))
+            .build()?,
         false,
         false,
     )?;
@@ -156,6 +155,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
         &verification,
         &executions,
         Contract::Once,
+        &[&client],
     );
     // 20 original 201s alone would not do: the database guard's answers to a second
     // execution are marked as replays too.

@@ -20,7 +20,7 @@ use super::{
     sleep_until,
 };
 use crate::{
-    client::{Attempt, Client, Outcome, RetryPolicy, deployment_body},
+    client::{self, Attempt, Client, Outcome, deployment_body},
     db::{FleetDb, mint_token},
     executions::{Contract, Executions},
     procs::{Backend, PrivatePostgres, PrivateRedis, Sampler, find_pg_bin_dir},
@@ -118,7 +118,7 @@ async fn run_one(ctx: &Ctx, kind: Kind) -> anyhow::Result<ScenarioReport> {
     let client = Client::new(
         vec![a.url(), b.url()],
         &token,
-        RetryPolicy::default(),
+        client::policy().build()?,
         true,
         true,
     )?;
@@ -260,6 +260,7 @@ async fn run_one(ctx: &Ctx, kind: Kind) -> anyhow::Result<ScenarioReport> {
         &verification,
         &executions,
         Contract::Once,
+        &[&client],
     );
     report.check(
         "during the outage every answer was 503 store-unavailable with Retry-After",
