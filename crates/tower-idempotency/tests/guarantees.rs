@@ -366,6 +366,37 @@ async fn a_renewal_that_arrives_after_the_record_completed_is_no_loss() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_its_claim_is_answered_leaves_no_claim_behind() {
+    let faults = Faults::new();
+    faults.delay(Operation::Claim, Duration::from_millis(500));
+    let (store, probe) = Probed::new(faults.wrap(MemoryStore::default()));
+    // A lease long enough that an orphaned claim would surely block the retry.
+    let server = TestServer::start(layer(store).lease(Duration::from_secs(60))).await;
+    let (user, key) = (unique("user"), unique("key"));
+    let gave_up = server
+        .post(&user, &key, ORDER)
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(gave_up.unwrap_err().is_timeout());
+    // The claim still reached its answer, and the key it took was given back.
+    probe
+        .wait_until("the abandoned claim released", |c| {
+            c.acquired == 1 && c.released == 1
+        })
+        .await;
+    faults.heal();
+    let retry = server.post(&user, &key, ORDER).send().await.unwrap();
+    assert_eq!(
+        retry.status(),
+        201,
+        "the retry runs at once, not 409 for a lease"
+    );
+    assert!(retry.headers().get("idempotent-replayed").is_none());
+    assert_eq!(server.executions(), 1, "only the retry executed");
+}
+
 // 4. A body that fails mid-stream reaches the client as a failure.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,7 @@ use super::{
     Answer,
     answer::reject,
     buffer::finish_response,
+    claim::NotStarted,
     lease::Lease,
     outcome::{record, release},
 };
@@ -70,9 +71,9 @@ pub(super) async fn execute<S, St, ReqBody, ResBody>(
     inner: S,
     mut request: Request<RequestBody<ReqBody>>,
     key: IdempotencyKey,
-    id: RecordId,
-    token: FencingToken,
+    (id, token): (RecordId, FencingToken),
     lease: Lease,
+    not_started: NotStarted<St>,
 ) -> Answer<ResBody, S::Error>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
@@ -110,6 +111,8 @@ where
         guard.disarm();
         answer
     };
+    // From here on, the work runs to its end even if the caller leaves.
+    not_started.disarm();
     match (DetachOnDrop {
         work: Some(Box::pin(task.in_current_span())),
         detached,

@@ -14,13 +14,15 @@
 //! a response always finds the record; and once the handler has run, its key is never freed
 //! because its response could not be stored.
 //!
-//! Files by role: `answer` (the answers the layer gives itself: problems, replays),
+//! Files by role: `answer` (the answers the layer gives itself: problems, replays), `claim`
+//! (a claim whose caller leaves is finished, and its key released),
 //! `execute` (running the handler, detaching, panics), `keeper` (the task renewing running
 //! claims), `lease` (the handler's [`Lease`](crate::Lease)), `buffer` (reading the response
 //! to store it), `outcome` (complete / release with retries).
 
 mod answer;
 mod buffer;
+mod claim;
 mod execute;
 mod keeper;
 pub(crate) mod lease;
@@ -36,6 +38,7 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
+use self::claim::{ClaimToAnswer, NotStarted};
 pub(crate) use self::{answer::reject, keeper::LeaseKeeper};
 use crate::{
     Fingerprint, IdempotencyKey, Scope,
@@ -86,15 +89,18 @@ where
             // The store starts the lease when it writes the claim, after this: timing it from
             // here never overestimates what is left.
             let sent = Instant::now();
-            let claim = timed("claim", config.store.claim(&id, &fingerprint, config.lease)).await;
+            let claim = timed("claim", ClaimToAnswer::new(&config, id, fingerprint)).await;
             match claim {
                 Ok(Claim::Acquired(token)) => {
                     tracing::debug!("claimed; executing");
+                    let not_started = NotStarted::new(&config, id, token);
                     let Some(lease) = execute::fresh_lease(&config, &id, token, sent).await else {
+                        not_started.disarm(); // released already
                         return Ok(reject(&config, ProblemKind::StoreUnavailable));
                     };
                     let request = Request::from_parts(parts, RequestBody::buffered(body));
-                    return execute::execute(config, inner, request, key, id, token, lease).await;
+                    return execute::execute(config, inner, request, key, (id, token), lease, not_started)
+                        .await;
                 }
                 Ok(Claim::Completed(record)) => {
                     if record.fingerprint != fingerprint {
