@@ -94,10 +94,12 @@ where
     };
     let running = config.tasks.start();
     let task_config = Arc::clone(&config);
+    let task_lease = lease.clone();
     let task = async move {
         let _running = running;
         let config = task_config;
         // Before the first poll: a handler may block from its very start.
+        let lease = task_lease;
         let mut renewal = config.leases.register(&config, id, token, &lease);
         renewal.settle().await;
         let finished = async {
@@ -123,6 +125,7 @@ where
         Err(Panicked) => {
             // Free the key before saying so: a client retrying at once must find it free.
             tracing::error!("the request handler panicked; releasing its idempotency key");
+            lease.finish(); // a renewal refused after the release is no loss
             release(&config, &id, token).await;
             Ok(reject(&config, ProblemKind::HandlerFailed))
         }
