@@ -380,8 +380,23 @@ async fn through_the_layer_each_key_executes_once_across_silenced_connections() 
     // Silence the store's connections twice while keys are in flight: once while they
     // are mostly idle, once with statements (claims, completions of handlers that ran) in
     // flight on them.
+    // Each round starts once traffic flows (recovered from the round before): more keys
+    // answered since the last look.
+    let answered = || answers.lock().unwrap().len();
+    let flowing = |since: usize| async move {
+        let deadline = Instant::now() + 10 * T;
+        while answered() < since + 20 {
+            assert!(
+                Instant::now() < deadline,
+                "traffic did not flow again within {:?}",
+                10 * T
+            );
+            tokio::task::yield_now().await;
+            tokio::time::sleep(T / 100).await;
+        }
+    };
     for mid_statement in [false, true] {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        flowing(answered()).await;
         *first_success_after.lock().unwrap() = None;
         let at = if mid_statement {
             silence_mid_statement(&admin, direct.table(), &app, &relay, 2).await
@@ -391,7 +406,7 @@ async fn through_the_layer_each_key_executes_once_across_silenced_connections() 
         };
         *silenced_at.lock().unwrap() = Some(at);
     }
-    tokio::time::sleep(3 * T).await;
+    flowing(answered()).await;
     stop.store(true, Ordering::SeqCst);
     for client in clients {
         client.await.unwrap();
