@@ -12,7 +12,7 @@ use std::{
     fmt,
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -38,6 +38,8 @@ struct Registry {
     running: Mutex<HashMap<u64, Entry>>,
     next: AtomicU64,
     wake: Notify,
+    /// Whether the keeper's task runs: read on every registration without taking `task`.
+    alive: AtomicBool,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -125,6 +127,9 @@ impl LeaseKeeper {
     /// Starts the keeper on the current runtime, or again if its runtime went away; says
     /// whether it did.
     fn ensure_task<St: IdempotencyStore>(&self, config: &Arc<Config<St>>) -> bool {
+        if self.0.alive.load(Ordering::Acquire) {
+            return false;
+        }
         let mut task = self.0.task.lock().unwrap_or_else(|e| e.into_inner());
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return false;
@@ -134,6 +139,7 @@ impl LeaseKeeper {
             return false;
         };
         let registry = Arc::downgrade(&self.0);
+        self.0.alive.store(true, Ordering::Release);
         *task = Some(runtime.spawn(keep(Arc::downgrade(config), registry)));
         true
     }
@@ -141,6 +147,17 @@ impl LeaseKeeper {
 
 /// The keeper's task: ends when its layer is gone.
 async fn keep<St: IdempotencyStore>(config: Weak<Config<St>>, registry: Weak<Registry>) {
+    // However the task ends (its layer gone, its runtime shut down), the next registration
+    // starts a new one.
+    struct Ended(Weak<Registry>);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            if let Some(registry) = self.0.upgrade() {
+                registry.alive.store(false, Ordering::Release);
+            }
+        }
+    }
+    let _ended = Ended(registry.clone());
     loop {
         let (Some(config), Some(registry)) = (config.upgrade(), registry.upgrade()) else {
             return;
