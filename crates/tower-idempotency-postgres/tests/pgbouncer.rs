@@ -145,47 +145,7 @@ async fn claims_complete_and_replay_across_server_connections() {
     );
 
     let ids: Vec<_> = (0..5).map(|_| unique_id("pgbouncer")).collect();
-    let tasks: Vec<_> = (0..8)
-        .map(|n| {
-            let (store, ids) = (store.clone(), ids.clone());
-            tokio::spawn(async move {
-                let mut acquired = Vec::new();
-                for i in 0..40 {
-                    let id = ids[(i + n) % ids.len()];
-                    match store.claim(&id, &FP, HOUR).await.unwrap() {
-                        Claim::Acquired(token) => {
-                            store.renew(&id, token, HOUR).await.unwrap();
-                            let body = Bytes::from(id.to_hex().into_bytes());
-                            store.complete(&id, token, body, HOUR).await.unwrap();
-                            acquired.push(id);
-                        }
-                        Claim::Completed(record) => {
-                            assert_eq!(record.response, id.to_hex().as_bytes());
-                            assert_eq!(record.fingerprint, FP);
-                        }
-                        Claim::InFlight { fingerprint } => assert_eq!(fingerprint, FP),
-                    }
-                }
-                acquired
-            })
-        })
-        .collect();
-    let mut acquired = Vec::new();
-    for task in tasks {
-        acquired.extend(task.await.unwrap());
-    }
-    acquired.sort();
-    assert_eq!(
-        acquired.len(),
-        ids.len(),
-        "each record acquired exactly once"
-    );
-    acquired.dedup();
-    assert_eq!(
-        acquired.len(),
-        ids.len(),
-        "each record acquired exactly once"
-    );
+    common::contention(&store, &ids, 40).await;
     assert_eq!(store.delete_expired(100).await.unwrap(), 0);
     store.check().await.unwrap();
     println!(

@@ -187,43 +187,6 @@ async fn complete_across_a_concurrent_update(
     ));
 }
 
-/// Many operations at once on a few records.
-async fn contention(store: &PostgresStore) {
-    let ids: Vec<_> = (0..3).map(|_| unique_id("busy")).collect();
-    let tasks: Vec<_> = (0..8)
-        .map(|n| {
-            let (store, ids) = (store.clone(), ids.clone());
-            tokio::spawn(async move {
-                let mut acquired = Vec::new();
-                for i in 0..30 {
-                    let id = ids[(i + n) % ids.len()];
-                    match store.claim(&id, &FP, HOUR).await.unwrap() {
-                        Claim::Acquired(token) => {
-                            store.renew(&id, token, HOUR).await.unwrap();
-                            store
-                                .complete(&id, token, Bytes::from_static(b"done"), HOUR)
-                                .await
-                                .unwrap();
-                            acquired.push(id);
-                        }
-                        Claim::InFlight { .. } | Claim::Completed(_) => {}
-                    }
-                }
-                acquired
-            })
-        })
-        .collect();
-    let mut acquired = Vec::new();
-    for task in tasks {
-        acquired.extend(task.await.unwrap());
-    }
-    acquired.sort();
-    let before = acquired.len();
-    acquired.dedup();
-    assert_eq!(before, acquired.len(), "a record was acquired twice");
-    assert_eq!(acquired.len(), ids.len());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stricter_default_isolation_does_not_fail_completions() {
     let admin = common::admin_pool().await;
@@ -252,18 +215,22 @@ async fn a_stricter_default_isolation_does_not_fail_completions() {
             "read committed"
         );
         complete_across_a_concurrent_update(&own, &plain, &admin, &own_app).await;
-        contention(&own).await;
+        common::contention(&own, &three_ids(), 30).await;
 
         // A pool of the caller's at the stricter level: the failed statement is run again.
         let from_pool = PostgresStore::from_pool(plain.clone())
             .with_table(&table)
             .unwrap();
         complete_across_a_concurrent_update(&from_pool, &plain, &admin, &plain_app).await;
-        contention(&from_pool).await;
+        common::contention(&from_pool, &three_ids(), 30).await;
         println!("{level}: completions across concurrent updates and contention succeed");
 
         own.pool().close().await;
         plain.close().await;
         common::drop_database(&admin, &db).await;
     }
+}
+
+fn three_ids() -> Vec<tower_idempotency::store::RecordId> {
+    (0..3).map(|_| unique_id("busy")).collect()
 }

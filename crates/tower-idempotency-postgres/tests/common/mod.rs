@@ -260,3 +260,58 @@ pub(crate) async fn drop_database(admin: &PgPool, name: &str) {
         .await
         .expect("drop the scratch database");
 }
+
+/// Eight tasks at once claim, renew and complete `ids` (`rounds` claims each): every record
+/// is acquired exactly once, a completed record holds its own id, and an in-flight one the
+/// claimer's fingerprint.
+pub(crate) async fn contention(
+    store: &PostgresStore,
+    ids: &[tower_idempotency::store::RecordId],
+    rounds: usize,
+) {
+    use bytes::Bytes;
+    use tower_idempotency::{
+        Fingerprint,
+        store::{Claim, IdempotencyStore},
+    };
+    const FP: Fingerprint = Fingerprint::from_bytes([0x5c; Fingerprint::LEN]);
+    const HOUR: Duration = Duration::from_secs(3600);
+    let tasks: Vec<_> = (0..8)
+        .map(|n| {
+            let (store, ids) = (store.clone(), ids.to_vec());
+            tokio::spawn(async move {
+                let mut acquired = Vec::new();
+                for i in 0..rounds {
+                    let id = ids[(i + n) % ids.len()];
+                    match store.claim(&id, &FP, HOUR).await.unwrap() {
+                        Claim::Acquired(token) => {
+                            store.renew(&id, token, HOUR).await.unwrap();
+                            let body = Bytes::from(id.to_hex().into_bytes());
+                            store.complete(&id, token, body, HOUR).await.unwrap();
+                            acquired.push(id);
+                        }
+                        Claim::Completed(record) => {
+                            assert_eq!(record.response, id.to_hex().as_bytes());
+                            assert_eq!(record.fingerprint, FP);
+                        }
+                        Claim::InFlight { fingerprint } => assert_eq!(fingerprint, FP),
+                    }
+                }
+                acquired
+            })
+        })
+        .collect();
+    let mut acquired = Vec::new();
+    for task in tasks {
+        acquired.extend(task.await.unwrap());
+    }
+    acquired.sort();
+    let before = acquired.len();
+    acquired.dedup();
+    assert_eq!(before, acquired.len(), "a record was acquired twice");
+    assert_eq!(
+        acquired.len(),
+        ids.len(),
+        "each record acquired exactly once"
+    );
+}
