@@ -21,6 +21,47 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Transactional mode
+//!
+//! [`PostgresTransactionalStore`] keeps the records in the application's own database and
+//! commits each one in the handler's transaction
+//! ([`IdempotencyLayer::transactional`](tower_idempotency::IdempotencyLayer::transactional)):
+//!
+//! ```no_run
+//! use axum::{Router, http::StatusCode, routing::post};
+//! use tower_idempotency::{IdempotencyLayer, transactional::{Lent, LentGone}};
+//! use tower_idempotency_postgres::{PostgresTransaction, PostgresTransactionalStore, sqlx};
+//!
+//! async fn create(tx: Lent<PostgresTransaction>) -> Result<StatusCode, StatusCode> {
+//!     let mut tx = tx.lock().await.map_err(|_: LentGone| StatusCode::INTERNAL_SERVER_ERROR)?;
+//!     sqlx::query("INSERT INTO orders (sku) VALUES ('A-1')")
+//!         .execute(&mut *tx) // the same transaction the record commits in
+//!         .await
+//!         .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+//!     Ok(StatusCode::CREATED)
+//! }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::PgPool::connect("postgres://app@db.internal/app").await?;
+//! let store = PostgresTransactionalStore::new(pool);
+//! store.migrate().await?;
+//! let _reaper = store.spawn_reaper(std::time::Duration::from_secs(60), 1_000);
+//! let app: Router = Router::new().route("/orders", post(create)).layer(
+//!     IdempotencyLayer::transactional(store)
+//!         .scope(|parts| Some(parts.headers.get("x-user")?.to_str().ok()?.to_owned().into())),
+//! );
+//! # drop(app); Ok(()) }
+//! ```
+//!
+//! Per first request: a read (is there a record?), `BEGIN` with the transaction's limits, one
+//! statement taking a transaction-scoped advisory lock (`pg_try_advisory_xact_lock`, never
+//! waiting: a duplicate gets 409 at once) and re-reading the record, the handler's statements,
+//! the record's `INSERT ... ON CONFLICT DO UPDATE ... WHERE expired`, and `COMMIT`: one
+//! commit. The `INSERT` decides: it sees committed rows whatever the snapshot, so of two
+//! transactions for one key only one commits. A replay is the first read alone. Lock keys are
+//! the first 8 bytes of the record id, in the single-`bigint` advisory lock space: an
+//! application lock on the same number delays nothing but may answer a request 409.
+//!
 //! With an existing pool: [`PostgresStore::from_pool`], and [`PostgresStore::with_table`] or
 //! the [builder](PostgresStore::builder) for another table (`"schema.table"` works too).
 //! Behind PgBouncer in transaction mode:
@@ -197,12 +238,14 @@ mod reaper;
 mod session;
 mod sql;
 mod store;
+mod transactional;
 
 pub use self::{
     reaper::ReaperHandle,
     store::{
         DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_OPERATION_TIMEOUT, PostgresStore, PostgresStoreBuilder,
     },
+    transactional::{PostgresTransaction, PostgresTransactionalStore},
 };
 /// The sqlx version this crate is built on, for [`PostgresStore::from_pool`] and
 /// [`PostgresStoreBuilder::connect_with`].

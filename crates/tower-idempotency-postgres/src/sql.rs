@@ -62,7 +62,7 @@ impl TableName {
     }
 
     /// `"schema"."table"` or `"table"`: quoted, so case is kept.
-    fn quoted(&self) -> String {
+    pub(crate) fn quoted(&self) -> String {
         match &self.schema {
             Some(schema) => format!("\"{schema}\".\"{}\"", self.table),
             None => format!("\"{}\"", self.table),

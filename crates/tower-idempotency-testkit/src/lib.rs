@@ -18,6 +18,9 @@
 //! ```ignore
 //! tower_idempotency_testkit::layer_suite!(async { MemoryStore::default() });
 //! ```
+//! - [`transactional`]: the same for transactional mode: [`TxServer`](transactional::TxServer),
+//!   whose handler writes through the lent transaction, and [`transactional_suite!`], run
+//!   against every database that implements [`EffectsDb`](transactional::EffectsDb).
 
 pub mod faults;
 pub mod gate;
@@ -26,6 +29,7 @@ pub mod problem;
 pub mod relay;
 pub mod server;
 pub mod suite;
+pub mod transactional;
 
 pub use self::{
     faults::{Faults, Faulty, Operation},
@@ -81,6 +85,44 @@ macro_rules! __layer_suite {
                 $crate::suite::run(
                     stringify!($scenario),
                     $crate::suite::$scenario(store),
+                )
+                .await;
+            }
+        )*
+    };
+}
+
+/// Generates one `#[tokio::test]` per scenario of the [`transactional::suite`]. `$make` is an
+/// expression evaluating to a future of an `Arc` of an [`EffectsDb`](transactional::EffectsDb).
+#[macro_export]
+macro_rules! transactional_suite {
+    ($make:expr) => {
+        $crate::__transactional_suite!($make;
+            a_kept_response_commits_with_its_effects_and_replays,
+            responses_not_kept_roll_back_and_free_the_key,
+            a_panicking_handler_rolls_back,
+            duplicates_in_flight_get_409_at_once,
+            wait_mode_replays_to_waiting_duplicates,
+            a_disconnected_client_finds_the_commit_on_retry,
+            a_handler_past_its_time_limit_rolls_back,
+            unkeyed_requests_get_a_transaction_of_their_own,
+            a_key_is_free_after_its_ttl,
+            concurrent_keys_each_commit_once,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __transactional_suite {
+    ($make:expr; $($scenario:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                let db = $make.await;
+                $crate::suite::run(
+                    stringify!($scenario),
+                    $crate::transactional::suite::$scenario(db),
                 )
                 .await;
             }

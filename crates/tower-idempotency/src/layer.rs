@@ -22,6 +22,8 @@ pub const MAX_LEASE: Duration = Duration::from_secs(24 * 60 * 60);
 pub const MIN_LEASE: Duration = Duration::from_millis(30);
 /// Longest TTL accepted; longer ones are clamped.
 pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+/// How long the handler's transaction may stay open in transactional mode, unless set.
+pub const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait of [`InFlightPolicy::Wait`] and longest `Retry-After`; longer ones are clamped.
 pub const MAX_WAIT: Duration = Duration::from_secs(60 * 60);
 
@@ -90,7 +92,7 @@ impl StoreFailurePolicy {
 
 /// A layer configuration that cannot work, found by [`IdempotencyLayer::validate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(String);
+pub struct ConfigError(pub(crate) String);
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -121,8 +123,39 @@ pub(crate) struct Config<St> {
     pub(crate) responder: Option<Arc<Responder>>,
     pub(crate) problem_type_base: String,
     pub(crate) tasks: HandlerTasks,
+    /// Transactional mode: how long the handler's transaction may stay open.
+    pub(crate) transaction_timeout: Duration,
     /// Renews the claims of running handlers; never shared between two configurations.
     pub(crate) leases: LeaseKeeper,
+}
+
+impl<St> Config<St> {
+    /// The defaults, documented on [`IdempotencyLayer::new`].
+    pub(crate) fn new(store: St) -> Self {
+        Config {
+            store: Arc::new(store),
+            scope: None,
+            allow_unscoped: false,
+            methods: vec![Method::POST, Method::PATCH],
+            require_key: false,
+            ttl: Duration::from_secs(24 * 60 * 60),
+            lease: Duration::from_secs(30),
+            max_request_body: 1024 * 1024,
+            max_response_body: 1024 * 1024,
+            in_flight: InFlightPolicy::Reject {
+                retry_after: Duration::from_secs(1),
+            },
+            on_store_failure: StoreFailurePolicy::FailClosed {
+                retry_after: Duration::from_secs(5),
+            },
+            store_status: Arc::new(store_success_and_redirects),
+            responder: None,
+            problem_type_base: DEFAULT_TYPE_BASE.to_owned(),
+            tasks: HandlerTasks::default(),
+            transaction_timeout: DEFAULT_TRANSACTION_TIMEOUT,
+            leases: LeaseKeeper::default(),
+        }
+    }
 }
 
 impl<St> Clone for Config<St> {
@@ -143,6 +176,7 @@ impl<St> Clone for Config<St> {
             responder: self.responder.clone(),
             problem_type_base: self.problem_type_base.clone(),
             tasks: self.tasks.clone(),
+            transaction_timeout: self.transaction_timeout,
             leases: LeaseKeeper::default(),
         }
     }
@@ -197,33 +231,48 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
     /// stored. Keyed requests need a [`scope`](Self::scope) (or
     /// [`allow_unscoped`](Self::allow_unscoped)), or they get 401.
     pub fn new(store: St) -> Self {
+        Self::from_config(Config::new(store))
+    }
+
+    /// How long a claim survives without renewal (default 30 s; clamped to
+    /// [`MIN_LEASE`]..=[`MAX_LEASE`]). The layer renews it every third of the lease while the
+    /// handler runs, from a task of its own; after a crash the key is free again once the
+    /// lease ends.
+    pub fn lease(self, lease: Duration) -> Self {
+        self.with(|c| c.lease = lease.clamp(MIN_LEASE, MAX_LEASE))
+    }
+
+    /// Checks that the configuration can keep its promise: today, that the store can hold a
+    /// response of `max_response_body` bytes at all (an in-memory budget smaller than that
+    /// would refuse every large response after its handler ran). Call it at start-up to
+    /// report a bad configuration as an error; wrapping a service checks it too.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
+        if let Some(max) = c.store.max_record_bytes()
+            && c.max_response_body > max
+        {
+            return Err(ConfigError(format!(
+                "max_response_body ({} bytes) exceeds the largest record the store can keep \
+                 ({max} bytes): raise the store's budget or lower the response limit",
+                c.max_response_body
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<St> IdempotencyLayer<St> {
+    pub(crate) fn from_config(config: Config<St>) -> Self {
         Self {
-            config: Arc::new(Config {
-                store: Arc::new(store),
-                scope: None,
-                allow_unscoped: false,
-                methods: vec![Method::POST, Method::PATCH],
-                require_key: false,
-                ttl: Duration::from_secs(24 * 60 * 60),
-                lease: Duration::from_secs(30),
-                max_request_body: 1024 * 1024,
-                max_response_body: 1024 * 1024,
-                in_flight: InFlightPolicy::Reject {
-                    retry_after: Duration::from_secs(1),
-                },
-                on_store_failure: StoreFailurePolicy::FailClosed {
-                    retry_after: Duration::from_secs(5),
-                },
-                store_status: Arc::new(store_success_and_redirects),
-                responder: None,
-                problem_type_base: DEFAULT_TYPE_BASE.to_owned(),
-                tasks: HandlerTasks::default(),
-                leases: LeaseKeeper::default(),
-            }),
+            config: Arc::new(config),
         }
     }
 
-    fn with(mut self, f: impl FnOnce(&mut Config<St>)) -> Self {
+    pub(crate) fn config(&self) -> &Arc<Config<St>> {
+        &self.config
+    }
+
+    pub(crate) fn with(mut self, f: impl FnOnce(&mut Config<St>)) -> Self {
         f(Arc::make_mut(&mut self.config));
         self
     }
@@ -258,14 +307,6 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
     /// How long a completed response is replayed (default 24 h, at most [`MAX_TTL`]).
     pub fn ttl(self, ttl: Duration) -> Self {
         self.with(|c| c.ttl = ttl.min(MAX_TTL))
-    }
-
-    /// How long a claim survives without renewal (default 30 s; clamped to
-    /// [`MIN_LEASE`]..=[`MAX_LEASE`]). The layer renews it every third of the lease while the
-    /// handler runs, from a task of its own; after a crash the key is free again once the
-    /// lease ends.
-    pub fn lease(self, lease: Duration) -> Self {
-        self.with(|c| c.lease = lease.clamp(MIN_LEASE, MAX_LEASE))
     }
 
     /// Largest request body accepted with a key (default 1 MiB); larger ones get 413.
@@ -328,24 +369,6 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
     /// The store, e.g. for readiness checks.
     pub fn store(&self) -> &St {
         &self.config.store
-    }
-
-    /// Checks that the configuration can keep its promise: today, that the store can hold a
-    /// response of `max_response_body` bytes at all (an in-memory budget smaller than that
-    /// would refuse every large response after its handler ran). Call it at start-up to
-    /// report a bad configuration as an error; wrapping a service checks it too.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let c = &self.config;
-        if let Some(max) = c.store.max_record_bytes()
-            && c.max_response_body > max
-        {
-            return Err(ConfigError(format!(
-                "max_response_body ({} bytes) exceeds the largest record the store can keep \
-                 ({max} bytes): raise the store's budget or lower the response limit",
-                c.max_response_body
-            )));
-        }
-        Ok(())
     }
 }
 

@@ -103,9 +103,17 @@
 //!
 //! [`store::memory::MemoryStore`] (bounded, TTL, sharded) is the default for one instance.
 //! For several instances behind a load balancer use a shared store: Redis
-//! (`tower-idempotency-redis`) or PostgreSQL (`tower-idempotency-postgres`). Write your own by
+//! (`tower-idempotency-redis`) or PostgreSQL (`tower-idempotency-postgres`); for records that
+//! survive restarts on one machine, SQLite (`tower-idempotency-sqlite`). Write your own by
 //! implementing [`store::IdempotencyStore`] and running the conformance suite in `testing`
 //! (feature `test-suite`).
+//!
+//! # Transactional mode
+//!
+//! When the handler's effects are rows in PostgreSQL or SQLite, the record can commit **in
+//! the handler's own transaction** ([`IdempotencyLayer::transactional`], see
+//! [`transactional`]): a crash then leaves both or neither, with no lease to wait out, and
+//! retries are correct by construction.
 //!
 //! # Feature flags
 //!
@@ -137,6 +145,7 @@ pub mod store;
 mod tasks;
 #[cfg(feature = "test-suite")]
 pub mod testing;
+pub mod transactional;
 
 pub use self::{
     body::{RequestBody, ResponseBody},
@@ -145,8 +154,8 @@ pub use self::{
     future::ResponseFuture,
     key::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyKey, KeyError, MAX_KEY_LEN},
     layer::{
-        ConfigError, IdempotencyLayer, InFlightPolicy, MAX_LEASE, MAX_TTL, MAX_WAIT, MIN_LEASE,
-        StoreFailurePolicy,
+        ConfigError, DEFAULT_TRANSACTION_TIMEOUT, IdempotencyLayer, InFlightPolicy, MAX_LEASE,
+        MAX_TTL, MAX_WAIT, MIN_LEASE, StoreFailurePolicy,
     },
     policy::store_success_and_redirects,
     scope::Scope,

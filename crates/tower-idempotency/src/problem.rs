@@ -19,6 +19,9 @@
 //! | `handler-failed` | 500 | the handler panicked; the key was released |
 //! | `response-failed` | 500 | the handler ran, but its response body failed before it was complete; retries get `response-not-kept` |
 //! | `record-corrupt` | 500 | a stored response could not be decoded |
+//! | `transaction-failed` | 503 | transactional mode: the commit was refused and rolled back; nothing took effect (`Retry-After`) |
+//! | `outcome-unknown` | 503 | transactional mode: the connection broke during `COMMIT`; the retry replays or executes (`Retry-After`) |
+//! | `handler-timed-out` | 503 | transactional mode: the handler outran its transaction's time limit and was rolled back (`Retry-After`) |
 
 use std::{fmt, time::Duration};
 
@@ -63,6 +66,15 @@ pub enum ProblemKind {
     ResponseFailed,
     /// A stored response could not be decoded (500).
     RecordCorrupt,
+    /// Transactional mode: the transaction holding the handler's writes and the record
+    /// failed to commit and was rolled back; nothing took effect (503).
+    TransactionFailed,
+    /// Transactional mode: the connection broke during `COMMIT`, so whether the request took
+    /// effect is unknown; a retry with the same key finds out (503).
+    OutcomeUnknown,
+    /// Transactional mode: the handler ran longer than its transaction may stay open; it was
+    /// rolled back (503).
+    HandlerTimedOut,
 }
 
 impl ProblemKind {
@@ -82,6 +94,9 @@ impl ProblemKind {
             Self::HandlerFailed => "handler-failed",
             Self::ResponseFailed => "response-failed",
             Self::RecordCorrupt => "record-corrupt",
+            Self::TransactionFailed => "transaction-failed",
+            Self::OutcomeUnknown => "outcome-unknown",
+            Self::HandlerTimedOut => "handler-timed-out",
         }
     }
 
@@ -96,7 +111,11 @@ impl ProblemKind {
             Self::KeyInUse => StatusCode::CONFLICT,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::ResponseNotKept => StatusCode::GONE,
-            Self::StoreUnavailable | Self::StoreFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StoreUnavailable
+            | Self::StoreFull
+            | Self::TransactionFailed
+            | Self::OutcomeUnknown
+            | Self::HandlerTimedOut => StatusCode::SERVICE_UNAVAILABLE,
             Self::HandlerFailed | Self::ResponseFailed | Self::RecordCorrupt => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -119,6 +138,9 @@ impl ProblemKind {
             Self::HandlerFailed => "Request handler failed",
             Self::ResponseFailed => "Response failed after the request was executed",
             Self::RecordCorrupt => "Stored response unreadable",
+            Self::TransactionFailed => "Request rolled back",
+            Self::OutcomeUnknown => "Request outcome unknown",
+            Self::HandlerTimedOut => "Request took too long and was rolled back",
         }
     }
 
@@ -156,6 +178,15 @@ impl ProblemKind {
             }
             Self::RecordCorrupt => {
                 "The stored response for this Idempotency-Key could not be read."
+            }
+            Self::TransactionFailed => {
+                "The request's changes could not be committed and were rolled back: nothing took effect. Retry later with the same key."
+            }
+            Self::OutcomeUnknown => {
+                "The connection to the database broke while the request's changes were being committed, so they may or may not have taken effect. Retry with the same key: the retry replays the response if they did, and executes the request if they did not."
+            }
+            Self::HandlerTimedOut => {
+                "The request ran longer than allowed and was rolled back: nothing took effect. Retry later with the same key."
             }
         }
     }
@@ -287,6 +318,9 @@ mod tests {
             ProblemKind::HandlerFailed,
             ProblemKind::ResponseFailed,
             ProblemKind::RecordCorrupt,
+            ProblemKind::TransactionFailed,
+            ProblemKind::OutcomeUnknown,
+            ProblemKind::HandlerTimedOut,
         ];
         let mut slugs: Vec<_> = kinds.iter().map(|k| k.slug()).collect();
         slugs.sort_unstable();

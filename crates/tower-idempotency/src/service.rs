@@ -7,12 +7,12 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, request::Parts};
 use http_body::Body;
 use tower::{Service, util::Oneshot};
 
 use crate::{
-    IdempotencyKey,
+    IdempotencyKey, Scope,
     body::{RequestBody, ResponseBody},
     flow,
     future::ResponseFuture,
@@ -41,6 +41,10 @@ impl<S, St> Idempotency<S, St> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    pub(crate) fn config(&self) -> &Arc<Config<St>> {
+        &self.config
     }
 }
 
@@ -84,42 +88,58 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let inner = self.inner.clone();
-        let config = &self.config;
-
-        if !config.methods.contains(req.method()) {
-            return ResponseFuture::passthrough(Oneshot::new(
-                inner,
-                req.map(RequestBody::streaming),
-            ));
+        match classify(&self.config, req) {
+            Route::Untouched(req) | Route::Unkeyed(req) => {
+                ResponseFuture::passthrough(Oneshot::new(inner, req.map(RequestBody::streaming)))
+            }
+            Route::Refused(kind) => ResponseFuture::ready(flow::reject(&self.config, kind)),
+            Route::Keyed(keyed) => {
+                ResponseFuture::flow(Box::pin(flow::run(Arc::clone(&self.config), inner, keyed)))
+            }
         }
-        let key = match IdempotencyKey::from_headers(req.headers()) {
-            Ok(Some(key)) => key,
-            Ok(None) if config.require_key => {
-                return ResponseFuture::ready(flow::reject(config, ProblemKind::KeyRequired));
-            }
-            Ok(None) => {
-                return ResponseFuture::passthrough(Oneshot::new(
-                    inner,
-                    req.map(RequestBody::streaming),
-                ));
-            }
-            Err(error) => {
-                return ResponseFuture::ready(flow::reject(config, ProblemKind::KeyInvalid(error)));
-            }
-        };
-        let (parts, body) = req.into_parts();
-        let scope = match config.scope.as_ref().and_then(|scope| scope(&parts)) {
-            Some(scope) => scope,
-            None if config.allow_unscoped => crate::Scope::from(&b""[..]),
-            None => return ResponseFuture::ready(flow::reject(config, ProblemKind::ScopeMissing)),
-        };
-        ResponseFuture::flow(Box::pin(flow::run(
-            Arc::clone(config),
-            inner,
-            parts,
-            body,
-            key,
-            scope,
-        )))
     }
+}
+
+/// Where a request goes, decided from its method and headers alone.
+pub(crate) enum Route<B> {
+    /// A method the layer does not act on.
+    Untouched(Request<B>),
+    /// An acted-on method without a key, which is optional.
+    Unkeyed(Request<B>),
+    /// Answered by the layer at once.
+    Refused(ProblemKind),
+    /// A keyed request of a known scope.
+    Keyed(Keyed<B>),
+}
+
+/// A keyed request, split for fingerprinting.
+pub(crate) struct Keyed<B> {
+    pub(crate) parts: Parts,
+    pub(crate) body: B,
+    pub(crate) key: IdempotencyKey,
+    pub(crate) scope: Scope,
+}
+
+pub(crate) fn classify<St, B>(config: &Config<St>, req: Request<B>) -> Route<B> {
+    if !config.methods.contains(req.method()) {
+        return Route::Untouched(req);
+    }
+    let key = match IdempotencyKey::from_headers(req.headers()) {
+        Ok(Some(key)) => key,
+        Ok(None) if config.require_key => return Route::Refused(ProblemKind::KeyRequired),
+        Ok(None) => return Route::Unkeyed(req),
+        Err(error) => return Route::Refused(ProblemKind::KeyInvalid(error)),
+    };
+    let (parts, body) = req.into_parts();
+    let scope = match config.scope.as_ref().and_then(|scope| scope(&parts)) {
+        Some(scope) => scope,
+        None if config.allow_unscoped => Scope::from(&b""[..]),
+        None => return Route::Refused(ProblemKind::ScopeMissing),
+    };
+    Route::Keyed(Keyed {
+        parts,
+        body,
+        key,
+        scope,
+    })
 }

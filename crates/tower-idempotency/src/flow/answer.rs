@@ -21,7 +21,7 @@ pub(crate) fn reject<St, B>(config: &Config<St>, kind: ProblemKind) -> Response<
 }
 
 /// A problem answer that counts no outcome (the request's outcome is counted elsewhere).
-pub(super) fn problem_response<St, B>(
+pub(crate) fn problem_response<St, B>(
     config: &Config<St>,
     kind: ProblemKind,
 ) -> Response<ResponseBody<B>> {
@@ -31,12 +31,14 @@ pub(super) fn problem_response<St, B>(
                 retry_after
             }
         }),
-        ProblemKind::StoreUnavailable | ProblemKind::StoreFull => {
-            Some(match config.on_store_failure {
-                StoreFailurePolicy::FailClosed { retry_after } => retry_after,
-                StoreFailurePolicy::FailOpen => Duration::from_secs(1),
-            })
-        }
+        ProblemKind::StoreUnavailable
+        | ProblemKind::StoreFull
+        | ProblemKind::TransactionFailed
+        | ProblemKind::OutcomeUnknown
+        | ProblemKind::HandlerTimedOut => Some(match config.on_store_failure {
+            StoreFailurePolicy::FailClosed { retry_after } => retry_after,
+            StoreFailurePolicy::FailOpen => Duration::from_secs(1),
+        }),
         _ => None,
     };
     let problem = Problem::new(kind, &config.problem_type_base, retry_after);
@@ -51,14 +53,17 @@ fn outcome_of(kind: ProblemKind) -> Outcome {
     match kind {
         ProblemKind::KeyInUse => Outcome::Conflict,
         ProblemKind::KeyReused => Outcome::Mismatch,
-        ProblemKind::StoreUnavailable | ProblemKind::StoreFull => Outcome::StoreError,
+        ProblemKind::StoreUnavailable
+        | ProblemKind::StoreFull
+        | ProblemKind::TransactionFailed
+        | ProblemKind::OutcomeUnknown => Outcome::StoreError,
         ProblemKind::ResponseNotKept | ProblemKind::RecordCorrupt => Outcome::Replayed,
         _ => Outcome::Rejected,
     }
 }
 
 /// Answers a retry from a completed record.
-pub(super) fn replay<St, B>(config: &Config<St>, record: &Bytes) -> Response<ResponseBody<B>> {
+pub(crate) fn replay<St, B>(config: &Config<St>, record: &Bytes) -> Response<ResponseBody<B>> {
     let Ok(stored) = StoredResponse::decode(record) else {
         tracing::error!("a stored response could not be decoded");
         return reject(config, ProblemKind::RecordCorrupt);

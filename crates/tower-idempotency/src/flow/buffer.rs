@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// What to do with the store once the handler's response is in.
-pub(super) enum Finished<B> {
+pub(crate) enum Finished<B> {
     /// Complete the record with `record`; should the store have no room for it, with
     /// `fallback` (status and `Location`, small enough for the room every claim reserves).
     Store {
@@ -29,7 +29,7 @@ pub(super) enum Finished<B> {
     Release { response: Response<ResponseBody<B>> },
 }
 
-pub(super) async fn finish_response<St, B>(
+pub(crate) async fn finish_response<St, B>(
     config: &Config<St>,
     response: Response<B>,
 ) -> Finished<B>

@@ -115,12 +115,7 @@ where
     };
     // From here on, the work runs to its end even if the caller leaves.
     not_started.disarm();
-    match (DetachOnDrop {
-        work: Some(Box::pin(task.in_current_span())),
-        detached,
-    })
-    .await
-    {
+    match DetachOnDrop::new(task.in_current_span(), detached).await {
         Ok(answer) => answer,
         Err(Panicked) => {
             // Free the key before saying so: a client retrying at once must find it free.
@@ -133,16 +128,26 @@ where
 }
 
 /// The work panicked while polled in the caller's task.
-struct Panicked;
+pub(crate) struct Panicked;
 
 /// Polls `work` in place, and spawns it to run to completion if dropped before it finishes.
 ///
 /// Running in place spares a task spawn and a channel per request; detaching on drop keeps
 /// the guarantee that a started request always finishes and records its outcome.
-struct DetachOnDrop<F: Future + Send + 'static> {
+pub(crate) struct DetachOnDrop<F: Future + Send + 'static> {
     work: Option<Pin<Box<F>>>,
     /// Set once the work runs on a task of its own: a panic there is nobody's to answer.
     detached: Arc<AtomicBool>,
+}
+
+impl<F: Future + Send + 'static> DetachOnDrop<F> {
+    /// `work`, polled in place; `detached` is set if it moves to a task of its own.
+    pub(crate) fn new(work: F, detached: Arc<AtomicBool>) -> Self {
+        Self {
+            work: Some(Box::pin(work)),
+            detached,
+        }
+    }
 }
 
 impl<F: Future + Send + 'static> Future for DetachOnDrop<F> {

@@ -20,10 +20,10 @@
 //! claims), `lease` (the handler's [`Lease`](crate::Lease)), `buffer` (reading the response
 //! to store it), `outcome` (complete / release with retries).
 
-mod answer;
-mod buffer;
+pub(crate) mod answer;
+pub(crate) mod buffer;
 mod claim;
-mod execute;
+pub(crate) mod execute;
 mod keeper;
 pub(crate) mod lease;
 mod outcome;
@@ -31,7 +31,7 @@ mod outcome;
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{Request, Response, request::Parts};
+use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::time::Instant;
@@ -41,15 +41,16 @@ use tracing::Instrument;
 use self::claim::{ClaimToAnswer, NotStarted};
 pub(crate) use self::{answer::reject, keeper::LeaseKeeper};
 use crate::{
-    Fingerprint, IdempotencyKey, Scope,
+    Fingerprint,
     body::{RequestBody, ResponseBody},
     layer::{Config, InFlightPolicy, StoreFailurePolicy},
     metrics::{Outcome, record_outcome, timed},
     problem::ProblemKind,
+    service::Keyed,
     store::{Claim, IdempotencyStore, RecordId, StoreErrorKind},
 };
 
-type Answer<B, E> = Result<Response<ResponseBody<B>>, E>;
+pub(crate) type Answer<B, E> = Result<Response<ResponseBody<B>>, E>;
 
 /// The longest pause between two claims of a waiting duplicate.
 const MAX_POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -57,10 +58,12 @@ const MAX_POLL_INTERVAL: Duration = Duration::from_millis(250);
 pub(crate) async fn run<S, St, ReqBody, ResBody>(
     config: Arc<Config<St>>,
     inner: S,
-    parts: Parts,
-    body: ReqBody,
-    key: IdempotencyKey,
-    scope: Scope,
+    Keyed {
+        parts,
+        body,
+        key,
+        scope,
+    }: Keyed<ReqBody>,
 ) -> Answer<ResBody, S::Error>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
@@ -162,7 +165,7 @@ where
 }
 
 /// Reads the whole request body, up to `limit` bytes, to fingerprint it.
-async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ProblemKind>
+pub(crate) async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ProblemKind>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
