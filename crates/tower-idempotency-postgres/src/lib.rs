@@ -53,11 +53,12 @@
 //! # drop(app); Ok(()) }
 //! ```
 //!
-//! Per first request: a read (is there a record?), `BEGIN` with the transaction's limits, one
-//! statement taking a transaction-scoped advisory lock (`pg_try_advisory_xact_lock`, never
-//! waiting: a duplicate gets 409 at once) and re-reading the record, the handler's statements,
-//! the record's `INSERT ... ON CONFLICT DO UPDATE ... WHERE expired`, and `COMMIT`: one
-//! commit. The `INSERT` decides: it sees committed rows whatever the snapshot, so of two
+//! Per first request: a read (is there a record?), `BEGIN` with the transaction's limits, a
+//! transaction-scoped advisory lock (`pg_try_advisory_xact_lock`, never waiting: a duplicate
+//! gets 409 at once), a read of the record in a statement of its own (its snapshot must follow
+//! the lock, or a commit released just before would go unseen and the handler run twice), the
+//! handler's statements, the record's `INSERT ... ON CONFLICT DO UPDATE ... WHERE expired`, and
+//! `COMMIT`: one commit. The `INSERT` decides: it sees committed rows whatever the snapshot, so of two
 //! transactions for one key only one commits. A replay is the first read alone. Lock keys are
 //! the first 8 bytes of the record id, in the single-`bigint` advisory lock space: an
 //! application lock on the same number delays nothing but may answer a request 409.

@@ -4,9 +4,9 @@
 //! (`pg_try_advisory_xact_lock`): a duplicate of a running request learns at once that it is
 //! in flight, and a crashed instance's lock ends with its session. The record is written at
 //! commit time by `INSERT ... ON CONFLICT DO UPDATE ... WHERE expired`, which sees committed
-//! rows whatever the snapshot: even if two transactions ran for one key (one looked just before
-//! the other's commit released the lock), only one commits a record, and the other's writes
-//! roll back with it.
+//! rows whatever the snapshot: even if two transactions ran for one key (the lock lost, say,
+//! to a non-transactional writer of the same table), only one commits a record, and the
+//! other's writes roll back with it.
 
 use std::{
     fmt,
@@ -32,9 +32,9 @@ use crate::{
 /// and the idempotency record commit in one transaction. Records live in the table of
 /// [`PostgresStore`] (same format; [`migrate`](Self::migrate) creates it).
 ///
-/// Per first request: `BEGIN` (with the transaction's time limits, one message), one
-/// statement taking the lock and reading the record, the handler's statements, the record's
-/// `INSERT`, `COMMIT`: **one commit**. A replay is one read and no transaction.
+/// Per first request: a read (is there a record?), `BEGIN` (with the transaction's time
+/// limits, one message), the lock, a read of the record under it, the handler's statements,
+/// the record's `INSERT`, `COMMIT`: **one commit**. A replay is one read and no transaction.
 ///
 /// Every running keyed request holds a pooled connection until it commits; waiting
 /// duplicates hold none.
@@ -56,9 +56,11 @@ impl fmt::Debug for PostgresTransactionalStore {
 struct Statements {
     /// `$1` id. A live completed record: `fingerprint`, `response`.
     lookup: String,
-    /// `$1` lock key, `$2` id. One row: `locked`, then the live record if any
-    /// (`response` `NULL`: claimed by a non-transactional store sharing the table).
-    claim: String,
+    /// `$1` lock key. One row: `locked`.
+    lock: &'static str,
+    /// `$1` id. The live record, if any, completed or (`response` `NULL`) claimed by a
+    /// non-transactional store sharing the table.
+    find: String,
     /// `$1` id, `$2` fingerprint, `$3` response, `$4` TTL (ms). No row touched: a live
     /// record exists.
     record: String,
@@ -86,10 +88,8 @@ impl PostgresTransactionalStore {
                 "SELECT fingerprint, response FROM {t} WHERE id = $1 AND {live} \
                  AND response IS NOT NULL"
             ),
-            claim: format!(
-                "SELECT pg_try_advisory_xact_lock($1) AS locked, r.fingerprint, r.response \
-                 FROM (VALUES (1)) AS one (x) LEFT JOIN {t} AS r ON r.id = $2 AND r.{live}"
-            ),
+            lock: "SELECT pg_try_advisory_xact_lock($1)",
+            find: format!("SELECT fingerprint, response FROM {t} WHERE id = $1 AND {live}"),
             record: format!(
                 "INSERT INTO {t} AS r (id, fingerprint, token, response, expires_at) \
                  VALUES ($1, $2, 0, $3, clock_timestamp() + $4 * interval '1 millisecond') \
@@ -217,28 +217,38 @@ impl TransactionalStore for PostgresTransactionalStore {
         timeout: Duration,
     ) -> Result<Begun<PostgresTransaction>, StoreError> {
         let mut transaction = self.begin_with_limits(timeout).await?;
-        let row = sqlx::query(&self.sql.claim)
+        let locked: bool = sqlx::query_scalar(self.sql.lock)
             .bind(lock_key(id))
-            .bind(&id.as_bytes()[..])
             .fetch_one(&mut *transaction)
             .await
             .map_err(|e| error::map("claiming a record", e))?;
-        let locked: bool = row.try_get(0).map_err(|e| error::map("decoding", e))?;
-        let fingerprint: Option<Vec<u8>> = row.try_get(1).map_err(|e| error::map("decoding", e))?;
-        let response: Option<Vec<u8>> = row.try_get(2).map_err(|e| error::map("decoding", e))?;
-        // Anything but a claim ends the transaction here (dropped: rolled back).
-        match (fingerprint, response) {
-            (Some(fingerprint), Some(response)) => Ok(Begun::Completed(CompletedRecord {
-                fingerprint: fingerprint_of(&fingerprint)?,
-                response: Bytes::from(response),
-            })),
-            (Some(_), None) => Ok(Begun::InFlight),
-            (None, _) if !locked => Ok(Begun::InFlight),
-            (None, _) => Ok(Begun::Claimed(PostgresTransaction {
+        if !locked {
+            return Ok(Begun::InFlight); // dropped: rolled back
+        }
+        // A statement of its own, so its snapshot is taken after the lock: a transaction that
+        // held the lock and committed a record is visible here (it commits before releasing
+        // the lock). Read together with the lock, the snapshot would predate it and the
+        // handler could run a second time, only to roll back at the commit.
+        let row = sqlx::query(&self.sql.find)
+            .bind(&id.as_bytes()[..])
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(|e| error::map("claiming a record", e))?;
+        let Some(row) = row else {
+            return Ok(Begun::Claimed(PostgresTransaction {
                 transaction,
                 timeout,
-            })),
-        }
+            }));
+        };
+        let fingerprint: Vec<u8> = row.try_get(0).map_err(|e| error::map("decoding", e))?;
+        let response: Option<Vec<u8>> = row.try_get(1).map_err(|e| error::map("decoding", e))?;
+        Ok(match response {
+            Some(response) => Begun::Completed(CompletedRecord {
+                fingerprint: fingerprint_of(&fingerprint)?,
+                response: Bytes::from(response),
+            }),
+            None => Begun::InFlight,
+        })
     }
 
     async fn begin(&self, timeout: Duration) -> Result<PostgresTransaction, StoreError> {

@@ -108,6 +108,7 @@ macro_rules! transactional_suite {
             unkeyed_requests_get_a_transaction_of_their_own,
             a_key_is_free_after_its_ttl,
             concurrent_keys_each_commit_once,
+            retries_racing_the_commit_execute_each_key_once,
         );
     };
 }
