@@ -9,7 +9,7 @@ use axum::{
     http::header,
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{MethodRouter, get, post},
 };
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -17,7 +17,7 @@ use tower_http::{
     catch_panic::CatchPanicLayer,
     trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer},
 };
-use tower_idempotency::{HandlerTasks, store::BoxStore};
+use tower_idempotency::HandlerTasks;
 use tracing::Level;
 
 use crate::{
@@ -29,7 +29,8 @@ use crate::{
     },
     db::Db,
     error::AppError,
-    idempotency, telemetry,
+    idempotency::{self, Records},
+    telemetry,
 };
 
 /// Tunables of the app (the CLI fills them from flags and environment).
@@ -61,8 +62,8 @@ impl Default for Settings {
 pub struct AppState {
     /// Deployments and API tokens.
     pub db: Db,
-    /// Idempotency records (for the layer, and for the readiness probe).
-    pub idempotency_store: BoxStore,
+    /// Where the idempotency layer keeps its records (and what the readiness probe checks).
+    pub records: Records,
     /// Tunables.
     pub settings: Arc<Settings>,
     /// Create handlers still running after their client left; shutdown waits for them.
@@ -74,18 +75,21 @@ impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
             .field("db", &self.db.kind())
+            .field("records", &self.records)
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
 
 impl AppState {
-    /// State with default [`Settings`]. Installs the process-wide metrics recorder on first
-    /// use.
-    pub fn new(db: Db, idempotency_store: BoxStore) -> Self {
+    /// State with default [`Settings`], records in `records` (a
+    /// [`BoxStore`](tower_idempotency::store::BoxStore) converts into a store of its own; the
+    /// `database` store is built by [`idempotency::build_store`]). Installs the process-wide
+    /// metrics recorder on first use.
+    pub fn new(db: Db, records: impl Into<Records>) -> Self {
         Self {
             db,
-            idempotency_store,
+            records: records.into(),
             settings: Arc::new(Settings::default()),
             handler_tasks: HandlerTasks::default(),
             metrics: telemetry::metrics_handle(),
@@ -104,15 +108,13 @@ impl AppState {
 /// Middleware, outermost first: panic catcher, request tracing, body limit; then per route:
 /// authentication, then (only on `POST /api/deployments`) the body reader (time and size
 /// limits) and the idempotency layer, so a key is always scoped to an authenticated user,
-/// unauthenticated requests never touch the store, and a stalled upload never claims a key.
+/// unauthenticated requests never touch the store (nor begin a transaction), and a stalled
+/// upload never claims a key.
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route(
             "/api/deployments",
-            post(deployments::create)
-                .layer(idempotency::layer(&state))
-                .layer(middleware::from_fn_with_state(state.clone(), read_body))
-                .get(deployments::list),
+            create_route(&state).get(deployments::list),
         )
         .route("/api/deployments/{id}", get(deployments::show))
         .route_layer(middleware::from_fn_with_state(
@@ -138,6 +140,23 @@ pub fn app(state: AppState) -> Router {
         )
         .layer(catch_panic_layer())
         .with_state(state)
+}
+
+/// `POST /api/deployments` behind the body reader and the idempotency layer of the configured
+/// store: a store of its own, or transactional mode on the deployments database (the handler
+/// then finds the request's transaction lent to it; see [`deployments::Writer`]).
+fn create_route(state: &AppState) -> MethodRouter<AppState> {
+    let create = post(deployments::create);
+    let create = match &state.records {
+        Records::Separate(store) => create.layer(idempotency::layer(state, store.clone())),
+        Records::Sqlite(store) => {
+            create.layer(idempotency::transactional_layer(state, store.clone()))
+        }
+        Records::Postgres(store) => {
+            create.layer(idempotency::transactional_layer(state, store.clone()))
+        }
+    };
+    create.layer(middleware::from_fn_with_state(state.clone(), read_body))
 }
 
 /// Receives the whole request body before the idempotency layer and the handler see it:

@@ -19,6 +19,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default replay window of an idempotency key: 24 hours.
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Default period of the deletion of expired idempotency records.
+pub const DEFAULT_REAPER_PERIOD: Duration = Duration::from_secs(60);
+
 /// Default lease of a claim on a key: how long a crashed instance can block its keys.
 pub const DEFAULT_IDEMPOTENCY_LEASE: Duration = Duration::from_secs(30);
 
@@ -53,23 +56,28 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
-    /// Where idempotency keys and their responses are kept. `memory`: in-process, for a
-    /// single instance (lost on restart, when the database's unique (user, key) still
-    /// prevents duplicate deployments). For several instances, a shared store:
-    /// `redis://host:6379` (a single node), a comma-separated list of `redis://` URLs (a Redis
-    /// Cluster), or `postgres://user:password@host:port/database`.
+    /// Where idempotency keys and their responses are kept. `database` (the default): in the
+    /// deployments database itself (the --database-url SQLite file or PostgreSQL database),
+    /// each record committed in the same transaction as its deployment: records survive
+    /// restarts and are shared by every instance on that database. `memory`: in-process, for
+    /// a single instance (lost on restart; the database guard still answers retries within the
+    /// TTL). Or a store of its own: `redis://host:6379` (a single node), a comma-separated
+    /// list of `redis://` URLs (a Redis Cluster), or
+    /// `postgres://user:password@host:port/database`.
     #[arg(
         long,
         env = "IDEMPOTENCY_STORE",
-        default_value = "memory",
+        default_value = "database",
         hide_env_values = true,
         value_parser = parse_store_spec,
         value_name = "SPEC"
     )]
     pub idempotency_store: String,
 
-    /// How long a response is replayed to retries with the same Idempotency-Key, e.g.
-    /// `24h`, `90m`, `3600s`.
+    /// How long an Idempotency-Key lives, e.g. `24h`, `90m`, `3600s` (1s to 366 days):
+    /// retries with the key get the first response replayed, and another request with it gets
+    /// 422, for this long after the first request; then the key is free and creates a new
+    /// deployment. GET /openapi.yaml states the value the server runs with.
     #[arg(
         long,
         env = "IDEMPOTENCY_TTL",
@@ -79,8 +87,9 @@ pub struct ServeConfig {
     )]
     pub idempotency_ttl: Duration,
 
-    /// How long a claim on a key outlives a crashed instance. The instance running the
-    /// request renews it every third of this; retries meanwhile get 409.
+    /// How long a claim on a key outlives a crashed instance (stores other than `database`,
+    /// whose claims end with their transaction). The instance running the request renews it
+    /// every third of this; retries meanwhile get 409.
     #[arg(
         long,
         env = "IDEMPOTENCY_LEASE",
@@ -143,7 +152,8 @@ pub struct StoreArgs {
     )]
     pub idempotency_redis_prefix: String,
 
-    /// PostgreSQL store: its table (`table` or `schema.table`), created on start.
+    /// PostgreSQL store, and the `database` store on PostgreSQL: its table (`table` or
+    /// `schema.table`), created on start.
     #[arg(
         long,
         env = "IDEMPOTENCY_POSTGRES_TABLE",
@@ -151,6 +161,17 @@ pub struct StoreArgs {
         value_name = "TABLE"
     )]
     pub idempotency_postgres_table: String,
+
+    /// PostgreSQL store and `database` store: how often expired records are deleted, in
+    /// batches of 1000 rows per statement.
+    #[arg(
+        long,
+        env = "IDEMPOTENCY_REAPER_PERIOD",
+        default_value = "60s",
+        value_parser = parse_request_timeout,
+        value_name = "DURATION"
+    )]
+    pub idempotency_reaper_period: Duration,
 
     /// Memory store: most keys held at once; when full of fresh keys, new keys get 503.
     #[arg(
@@ -176,6 +197,7 @@ impl Default for StoreArgs {
         Self {
             idempotency_redis_prefix: "idempotency:".to_owned(),
             idempotency_postgres_table: "idempotency_records".to_owned(),
+            idempotency_reaper_period: DEFAULT_REAPER_PERIOD,
             idempotency_memory_max_entries: 1_000_000,
             idempotency_memory_max_bytes: 256 * 1024 * 1024,
         }
@@ -201,6 +223,10 @@ fn parse_ttl(value: &str) -> Result<Duration, String> {
     let ttl = humantime::parse_duration(value).map_err(|e| e.to_string())?;
     if ttl < Duration::from_secs(1) {
         return Err("must be at least 1s".to_owned());
+    }
+    // The layer would clamp a longer one, and the published TTL would not be the real one.
+    if ttl > tower_idempotency::MAX_TTL {
+        return Err("must be at most 366 days".to_owned());
     }
     Ok(ttl)
 }
@@ -238,6 +264,8 @@ mod tests {
         assert_eq!(parse_ttl("24h").unwrap(), DEFAULT_IDEMPOTENCY_TTL);
         assert_eq!(parse_ttl("90s").unwrap(), Duration::from_secs(90));
         assert!(parse_ttl("0s").is_err());
+        assert_eq!(parse_ttl("366days").unwrap(), tower_idempotency::MAX_TTL);
+        assert!(parse_ttl("367days").is_err());
         assert!(parse_ttl("soon").is_err());
     }
 

@@ -1,5 +1,7 @@
 //! The deployments API: `POST /api/deployments` made safe to retry by the
-//! `tower-idempotency` layer, with a unique (user, key) column as a second line of defence.
+//! `tower-idempotency` layer (by default in transactional mode: the idempotency record commits
+//! in the deployment's own database transaction), with a database guard within the TTL as a
+//! second line of defence for stores of their own.
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library; the integration tests build
 //! the same [`app`] over SQLite and PostgreSQL. [`cli`] is the API's own client

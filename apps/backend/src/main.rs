@@ -8,7 +8,7 @@ use backend::{
     AppState, Db, Settings, app,
     auth::create_token,
     config::{DatabaseArgs, ServeConfig},
-    idempotency::build_store,
+    idempotency::{self, StoreSpec, build_store},
     telemetry,
 };
 use clap::{Parser, Subcommand};
@@ -21,8 +21,8 @@ use tokio::net::TcpListener;
 
 /// Deployments API server.
 ///
-/// Without a subcommand, `serve` runs with its defaults: a SQLite file `backend.db` and an
-/// in-memory idempotency store on 127.0.0.1:8080. Every flag also reads an environment
+/// Without a subcommand, `serve` runs with its defaults on 127.0.0.1:8080: a SQLite file
+/// `backend.db`, which also keeps the idempotency records. Every flag also reads an environment
 /// variable (shown in brackets).
 #[derive(Debug, Parser)]
 #[command(name = "backend", version, args_conflicts_with_subcommands = true)]
@@ -113,19 +113,18 @@ fn main() -> ExitCode {
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     telemetry::init_logging(config.log_format);
     let db = Db::connect(&config.database.database_url).await?;
-    let idempotency = build_store(&config.idempotency_store, &config.store).await?;
+    let spec: StoreSpec = config.idempotency_store.parse()?;
+    let idempotency = build_store(&config.idempotency_store, &config.store, &db).await?;
     let settings = Settings {
         idempotency_ttl: config.idempotency_ttl,
         idempotency_lease: config.idempotency_lease,
         max_body_bytes: config.max_body_bytes,
         request_timeout: config.request_timeout,
     };
-    let state = AppState::new(db.clone(), idempotency.store.clone()).with_settings(settings);
+    let state = AppState::new(db.clone(), idempotency.records.clone()).with_settings(settings);
     // Refuse a configuration the layer cannot keep its promise with (a memory budget too
     // small for the response limit, say) with a message, before listening.
-    backend::idempotency::layer(&state)
-        .validate()
-        .context("invalid idempotency configuration")?;
+    idempotency::validate(&state).context("invalid idempotency configuration")?;
     let handler_tasks = state.handler_tasks.clone();
     let listener = TcpListener::bind(config.listen)
         .await
@@ -133,15 +132,16 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tracing::info!(
         address = %listener.local_addr()?,
         database = db.kind(),
-        idempotency_store = %config.idempotency_store,
+        // The kind only: a store URL may carry a password.
+        idempotency_store = spec.kind(),
         idempotency_ttl = %humantime::format_duration(config.idempotency_ttl),
         max_body_bytes = config.max_body_bytes,
         request_timeout = %humantime::format_duration(config.request_timeout),
         "listening"
     );
     serve_connections(listener, app(state), config.header_timeout).await;
-    // Create handlers whose clients left run on; let them finish and store their responses,
-    // so their keys are not left to expire by the lease.
+    // Create handlers whose clients left run on; let them finish and store their responses
+    // (or commit their transactions), so their keys are not left to expire by the lease.
     if tokio::time::timeout(SHUTDOWN_GRACE, handler_tasks.wait_idle())
         .await
         .is_err()
@@ -152,7 +152,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         );
     }
     tracing::info!("in-flight requests finished; shutting down");
-    drop(idempotency);
+    // Stop deleting expired records before the pool they are deleted through closes.
+    idempotency.shutdown().await;
     db.close().await;
     Ok(())
 }

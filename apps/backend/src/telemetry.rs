@@ -4,15 +4,16 @@
 //! # Counting executions
 //!
 //! The promise of `POST /api/deployments` is one *handler execution* per logical request,
-//! not one row: the unique (user, key) column turns a second execution into a "replay" of
-//! the first row, so rows cannot show one. Two things are therefore counted where they
+//! not one row: the database guard (a deployment created with the same (user, key) within
+//! the TTL) turns a second execution into a "replay" of the first row, so rows cannot show
+//! one. Two things are therefore counted where they
 //! happen, in the handler:
 //!
 //! - [`CREATE_EXECUTIONS_TOTAL`]: the handler's body was entered for a request with an
 //!   `Idempotency-Key` (the idempotency layer let it run). Counted before the body is
 //!   validated or anything is written, so an execution that is killed half-way still counts.
-//! - [`GUARD_HITS_TOTAL`]`{outcome}`: the unique (user, key) column found a deployment
-//!   already created with the key, so the handler answered with it (`replayed`) or refused a
+//! - [`GUARD_HITS_TOTAL`]`{outcome}`: the database guard found a deployment created with
+//!   the key less than the TTL ago, so the handler answered with it (`replayed`) or refused a
 //!   different body (`key_reused`) instead of inserting. Each one is an execution that the
 //!   idempotency layer did not prevent.
 //!
@@ -39,8 +40,8 @@ use crate::config::LogFormat;
 /// Counter: executions of the create handler for requests with an `Idempotency-Key`.
 pub const CREATE_EXECUTIONS_TOTAL: &str = "deployments_create_executions_total";
 
-/// Counter, by `outcome` ([`GuardOutcome`]): keyed creates that the database's unique
-/// (user, key) answered instead of inserting.
+/// Counter, by `outcome` ([`GuardOutcome`]): keyed creates that the database guard (a
+/// deployment created with the same (user, key) within the TTL) answered instead of inserting.
 pub const GUARD_HITS_TOTAL: &str = "deployments_idempotency_guard_hits_total";
 
 /// The `tracing` target of the execution log: one INFO line per execution and per guard hit.
@@ -105,7 +106,8 @@ fn register_metrics() {
     );
     metrics::describe_counter!(
         GUARD_HITS_TOTAL,
-        "Keyed creates that the database's unique (user, key) answered with the existing \
+        "Keyed creates that the database guard (a deployment with the same user and key, \
+         created within the TTL) answered with the existing \
          deployment (outcome=replayed) or refused (outcome=key_reused) instead of inserting: \
          executions the idempotency layer did not prevent."
     );

@@ -26,6 +26,7 @@ fn backend() -> Command {
         "BACKEND_HEADER_TIMEOUT",
         "IDEMPOTENCY_REDIS_PREFIX",
         "IDEMPOTENCY_POSTGRES_TABLE",
+        "IDEMPOTENCY_REAPER_PERIOD",
         "IDEMPOTENCY_MEMORY_MAX_ENTRIES",
         "IDEMPOTENCY_MEMORY_MAX_BYTES",
         "BACKEND_MAX_BODY_BYTES",
@@ -124,7 +125,7 @@ fn unsupported_configuration_is_a_startup_error() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--idempotency-store"), "{stderr}");
-    assert!(stderr.contains("expected `memory`"), "{stderr}");
+    assert!(stderr.contains("expected `database`"), "{stderr}");
 
     // A shared store that cannot be reached fails the start, not the first request.
     let dir = tempfile::tempdir().unwrap();
@@ -187,6 +188,7 @@ fn help_names_every_setting() {
         "BACKEND_HEADER_TIMEOUT",
         "IDEMPOTENCY_REDIS_PREFIX",
         "IDEMPOTENCY_POSTGRES_TABLE",
+        "IDEMPOTENCY_REAPER_PERIOD",
         "IDEMPOTENCY_MEMORY_MAX_ENTRIES",
         "IDEMPOTENCY_MEMORY_MAX_BYTES",
         "--max-body-bytes",
@@ -196,6 +198,19 @@ fn help_names_every_setting() {
     ] {
         assert!(help.contains(needle), "--help lacks {needle}");
     }
+    // The expiry policy, as the flag states it: the default, and what happens after it.
+    let ttl = help
+        .split("--idempotency-ttl")
+        .nth(1)
+        .expect("the --idempotency-ttl entry");
+    let ttl = &ttl[..ttl.find("\n      --").unwrap_or(ttl.len())];
+    for needle in ["[default: 24h]", "creates a new", "/openapi.yaml"] {
+        assert!(
+            ttl.contains(needle),
+            "--idempotency-ttl help lacks {needle}: {ttl}"
+        );
+    }
+    assert!(help.contains("[default: database]"), "{help}");
 }
 
 #[cfg(unix)]

@@ -76,7 +76,7 @@ async fn same_key_replays_the_original_response(backend: Backend) {
     let listed = server.list_all(&alice, 20).await;
     assert_eq!(listed, vec![created.clone()]);
     assert_eq!(t.db.deployments().count_for_user("alice").await.unwrap(), 1);
-    // One row would also result from the database's unique key answering the retries: the
+    // One row would also result from the database guard answering the retries: the
     // handler ran once, and the layer (not the guard) answered both retries.
     assert_eq!(server.executions().await, Executions::exactly(1));
     let metrics = common::Metrics::scrape(&server.client, &server.url("")).await;

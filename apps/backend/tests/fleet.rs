@@ -243,7 +243,7 @@ async fn concurrent_creates_across_instances(kind: StoreKind) {
         }
     }
     assert_eq!(deployments_with_key(&db.db, "fleet-key").await, 1);
-    // One run in the whole fleet: the shared store, not the shared unique key, answered the
+    // One run in the whole fleet: the shared store, not the database guard, answered the
     // other 99 (whose answers would look the same either way).
     assert_eq!(fleet_executions(&fleet[..]).await, Executions::exactly(1));
 
@@ -431,7 +431,7 @@ async fn redis_outage_fails_closed_and_recovers() {
     }
     assert_eq!(instance.executions().await, Executions::exactly(40));
     // Keys from before the outage: Redis lost their records (it keeps nothing on disk), so
-    // the handler runs again and the database's unique (user, key) answers the retry with
+    // the handler runs again and the database guard (within the TTL) answers the retry with
     // the same deployment: a second execution, caught by the second line of defence.
     let again = create(&client, &instance, &token, "before-0").await;
     assert_eq!(again.status, StatusCode::CREATED);

@@ -1391,7 +1391,7 @@ async fn users_never_see_each_others_responses(backend: Backend) {
         collisions > 0 && repeats > 0,
         "the seed must produce collisions"
     );
-    // One original answer per pair would also result if the unique (user, key) had
+    // One original answer per pair would also result if the database guard had
     // answered the repeats (its answers are marked as replays): count the runs themselves.
     assert_eq!(
         server.executions().await,

@@ -3,8 +3,13 @@
 
 mod common;
 
-use backend::openapi::{ApiDoc, yaml};
-use common::{Backend, TestDb, TestServer};
+use std::time::Duration;
+
+use backend::{
+    Settings,
+    openapi::{ApiDoc, DEFAULT_TTL_PHRASE, ttl_phrase, yaml},
+};
+use common::{Backend, Store, TestDb, TestServer};
 use reqwest::{StatusCode, header};
 use serde_json::Value;
 use utoipa::OpenApi as _;
@@ -31,6 +36,8 @@ fn committed_file_matches_the_code() {
     );
 }
 
+/// A server on the default TTL serves the committed file, the default TTL stated as its own
+/// (`served_description_states_the_configured_ttl` checks other TTLs).
 #[tokio::test]
 async fn served_description_is_the_committed_file() {
     let t = TestDb::new(Backend::Sqlite).await;
@@ -45,10 +52,60 @@ async fn served_description_is_the_committed_file() {
     assert_eq!(response.headers()[header::CONTENT_TYPE], "application/yaml");
     let served = response.text().await.unwrap();
     let committed = std::fs::read_to_string(COMMITTED).unwrap();
+    let phrase = ttl_phrase(backend::config::DEFAULT_IDEMPOTENCY_TTL);
     assert!(
-        served == committed,
-        "the served description differs from apps/backend/openapi.yaml: {REGENERATE}"
+        phrase.starts_with("24 hours (as configured on this server"),
+        "{phrase}"
     );
+    assert!(
+        served == committed.replace(DEFAULT_TTL_PHRASE, &phrase),
+        "the served description differs from apps/backend/openapi.yaml (but for the TTL \
+         phrase): {REGENERATE}"
+    );
+}
+
+/// Real processes with other TTLs state theirs (and only theirs), on either database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_description_states_the_configured_ttl() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        served_ttl(backend).await;
+    }
+}
+
+async fn served_ttl(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    for (ttl, words) in [
+        (Duration::from_secs(90 * 60), "90 minutes"),
+        (Duration::from_secs(24 * 3600), "24 hours"),
+    ] {
+        let server = TestServer::spawn_store(
+            &t,
+            Settings {
+                idempotency_ttl: ttl,
+                ..Settings::default()
+            },
+            Store::Database,
+            &[],
+        )
+        .await;
+        let response = server
+            .client
+            .get(server.url("/openapi.yaml"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let served = response.text().await.unwrap();
+        assert_eq!(served, backend::openapi::served_yaml(ttl).unwrap());
+        let phrase = format!("{words} (as configured on this server with `--idempotency-ttl`)");
+        // The create operation's description and its Idempotency-Key header both say it.
+        assert_eq!(served.matches(&phrase).count(), 2, "{served}");
+        assert!(!served.contains("(the default; configurable"), "{served}");
+        if words != "24 hours" {
+            assert!(!served.contains("24 hours"), "{served}");
+        }
+        server.stop().await;
+    }
 }
 
 #[test]
@@ -120,7 +177,8 @@ fn create_documents_idempotency_and_every_answer() {
         "bare token",
         "1-255",
         "per user",
-        "24 hours",
+        DEFAULT_TTL_PHRASE,
+        "free for a new deployment",
     ] {
         assert!(
             text.contains(needle),
@@ -140,6 +198,24 @@ fn create_documents_idempotency_and_every_answer() {
             "{status} is a problem"
         );
     }
+    let unavailable = responses["503"]["description"].as_str().unwrap();
+    for slug in ["transaction-failed", "outcome-unknown", "handler-timed-out"] {
+        assert!(unavailable.contains(slug), "503 lacks {slug}");
+        assert_eq!(
+            responses["503"]["content"]["application/problem+json"]["examples"][slug]["value"]["type"],
+            format!("{}{slug}", backend::PROBLEM_TYPE_BASE)
+        );
+        assert!(
+            spec["info"]["description"].as_str().unwrap().contains(slug),
+            "the slug list lacks {slug}"
+        );
+    }
+    let description = create["description"].as_str().unwrap();
+    assert!(description.contains(DEFAULT_TTL_PHRASE), "{description}");
+    assert!(
+        description.contains("creates a new deployment"),
+        "{description}"
+    );
     for status in ["409", "503"] {
         assert!(
             responses[status]["headers"]["Retry-After"].is_object(),

@@ -9,7 +9,6 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
-use tower_idempotency::store::IdempotencyStore;
 use utoipa::ToSchema;
 
 use crate::{
@@ -67,10 +66,7 @@ pub async fn healthz() -> Json<Status> {
     ),
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, AppError> {
-    let (database, store) = tokio::join!(
-        probe(state.db.ping()),
-        probe(state.idempotency_store.check()),
-    );
+    let (database, store) = tokio::join!(probe(state.db.ping()), probe(state.records.check()),);
     let failures: Vec<String> = [("database", database), ("idempotency store", store)]
         .into_iter()
         .filter_map(|(name, result)| result.err().map(|why| format!("{name}: {why}")))
@@ -106,8 +102,9 @@ async fn probe<E: std::fmt::Display>(
     description = "Prometheus text exposition format. Includes \
         `deployments_create_executions_total` (executions of the create handler for requests \
         with an `Idempotency-Key`), `deployments_idempotency_guard_hits_total{outcome}` \
-        (keyed creates answered by the database's unique (user, key) instead of inserting: \
-        `replayed` or `key_reused`), and the idempotency layer's \
+        (keyed creates answered by the database guard, a deployment created with the same \
+        key within the TTL, instead of inserting: `replayed` or `key_reused`), and the \
+        idempotency layer's \
         `idempotency_requests_total{outcome}`, `idempotency_store_duration_seconds{operation}` \
         and `idempotency_store_errors_total{operation}`. Counters are exported from startup, \
         at zero.",
@@ -133,13 +130,14 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     summary = "OpenAPI description of this API",
     responses((
         status = 200,
-        description = "This document: an OpenAPI 3.1 object, as YAML.",
+        description = "This document: an OpenAPI 3.1 object, as YAML, stating this server's \
+            `--idempotency-ttl`.",
         body = Object,
         content_type = "application/yaml"
     )),
 )]
-pub async fn openapi_yaml() -> Result<Response, AppError> {
-    let yaml = openapi::yaml().map_err(|e| AppError::Internal(e.to_string()))?;
+pub async fn openapi_yaml(State(state): State<AppState>) -> Result<Response, AppError> {
+    let yaml = openapi::served_yaml(state.settings.idempotency_ttl).map_err(AppError::Internal)?;
     Ok((
         [(
             header::CONTENT_TYPE,

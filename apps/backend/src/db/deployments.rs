@@ -1,11 +1,13 @@
 //! The `deployments` table.
 
+use std::time::Duration;
+
 use sqlx::FromRow;
 use time::OffsetDateTime;
 
 use super::Db;
 
-const COLUMNS: &str = "seq, id, user_id, idempotency_key, project, environment, git_ref, \
+pub(super) const COLUMNS: &str = "seq, id, user_id, idempotency_key, project, environment, git_ref, \
                        description, status, created_at";
 
 /// One row of `deployments`.
@@ -56,12 +58,14 @@ pub struct NewDeployment<'a> {
     pub created_at: OffsetDateTime,
 }
 
-/// What [`Deployments::insert`] did.
+/// What an insert behind the database guard did ([`Deployments::insert`],
+/// [`insert_sqlite`](super::insert::insert_sqlite), [`insert_postgres`](super::insert::insert_postgres)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
     /// A new row.
     Created(DeploymentRecord),
-    /// The user already has a deployment with this idempotency key; nothing was inserted.
+    /// The user has a deployment created with this idempotency key within the guard's
+    /// window (the TTL); nothing was inserted.
     Existing(DeploymentRecord),
 }
 
@@ -76,65 +80,34 @@ impl<'a> Deployments<'a> {
         Self { db }
     }
 
-    /// Inserts `new` unless the user already has a deployment with the same idempotency
-    /// key, in which case that one is returned. Race-free: the UNIQUE constraint decides,
-    /// and `ON CONFLICT DO NOTHING` turns the loser's insert into a no-op.
-    pub async fn insert(&self, new: &NewDeployment<'_>) -> Result<Inserted, sqlx::Error> {
-        let inserted = match self.db {
+    /// Inserts `new` behind the database guard (see [`super::insert`]) in a transaction of
+    /// its own on the pool: for requests whose idempotency records live outside the database.
+    pub async fn insert(
+        &self,
+        new: &NewDeployment<'_>,
+        window: Duration,
+    ) -> Result<Inserted, sqlx::Error> {
+        match self.db {
             Db::Sqlite(pool) => {
-                let sql = format!(
-                    "INSERT INTO deployments (id, user_id, idempotency_key, project, environment, \
-                     git_ref, description, status, created_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                     ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING {COLUMNS}"
-                );
-                sqlx::query_as::<_, DeploymentRecord>(&sql)
-                    .bind(new.id)
-                    .bind(new.user_id)
-                    .bind(new.idempotency_key)
-                    .bind(new.project)
-                    .bind(new.environment)
-                    .bind(new.git_ref)
-                    .bind(new.description)
-                    .bind(new.status)
-                    .bind(new.created_at)
-                    .fetch_optional(pool)
-                    .await?
+                // The write lock from the start: the guard's read and the insert are one
+                // serialized step, so two creates with one key cannot both miss each other.
+                let mut transaction = pool.begin_with(super::insert::SQLITE_BEGIN).await?;
+                let inserted = super::insert::insert_sqlite(&mut transaction, new, window).await?;
+                transaction.commit().await?;
+                Ok(inserted)
             }
             Db::Postgres(pool) => {
-                let sql = format!(
-                    "INSERT INTO deployments (id, user_id, idempotency_key, project, environment, \
-                     git_ref, description, status, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                     ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING {COLUMNS}"
-                );
-                sqlx::query_as::<_, DeploymentRecord>(&sql)
-                    .bind(new.id)
-                    .bind(new.user_id)
-                    .bind(new.idempotency_key)
-                    .bind(new.project)
-                    .bind(new.environment)
-                    .bind(new.git_ref)
-                    .bind(new.description)
-                    .bind(new.status)
-                    .bind(new.created_at)
-                    .fetch_optional(pool)
-                    .await?
+                let mut transaction = pool.begin().await?;
+                let inserted =
+                    super::insert::insert_postgres(&mut transaction, new, window).await?;
+                transaction.commit().await?;
+                Ok(inserted)
             }
-        };
-        if let Some(record) = inserted {
-            return Ok(Inserted::Created(record));
         }
-        // Only a keyed insert can conflict (NULL keys are distinct), and the conflicting row
-        // is committed by now: ON CONFLICT waited for it.
-        let key = new.idempotency_key.ok_or(sqlx::Error::RowNotFound)?;
-        self.find_by_key(new.user_id, key)
-            .await?
-            .map(Inserted::Existing)
-            .ok_or(sqlx::Error::RowNotFound)
     }
 
-    /// The user's deployment created with `key`.
+    /// The user's newest deployment created with `key` (a key may have created several, one
+    /// per TTL).
     pub async fn find_by_key(
         &self,
         user_id: &str,
@@ -143,7 +116,8 @@ impl<'a> Deployments<'a> {
         match self.db {
             Db::Sqlite(pool) => {
                 let sql = format!(
-                    "SELECT {COLUMNS} FROM deployments WHERE user_id = ? AND idempotency_key = ?"
+                    "SELECT {COLUMNS} FROM deployments WHERE user_id = ? AND idempotency_key = ? \
+                     ORDER BY seq DESC LIMIT 1"
                 );
                 sqlx::query_as(&sql)
                     .bind(user_id)
@@ -153,7 +127,8 @@ impl<'a> Deployments<'a> {
             }
             Db::Postgres(pool) => {
                 let sql = format!(
-                    "SELECT {COLUMNS} FROM deployments WHERE user_id = $1 AND idempotency_key = $2"
+                    "SELECT {COLUMNS} FROM deployments WHERE user_id = $1 AND idempotency_key = $2 \
+                     ORDER BY seq DESC LIMIT 1"
                 );
                 sqlx::query_as(&sql)
                     .bind(user_id)

@@ -5,6 +5,7 @@
 //! its own dialect, at the cost of writing the SQL once per database.
 
 pub mod deployments;
+pub mod insert;
 pub mod tokens;
 
 use std::{str::FromStr, time::Duration};
