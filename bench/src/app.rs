@@ -5,13 +5,12 @@
 //!
 //! | route | what it does |
 //! |---|---|
-//! | `POST /api/deployments` | the handler under test: counts an execution, answers 201 + JSON |
+//! | `POST /api/deployments` | the handler under test: counts an execution, answers 201 + JSON (database-backed configurations also insert a row: [`crate::orders`]) |
 //! | `POST /session` | establishes the caller (`x-user`); sets a session cookie where the middleware keys by session |
 //! | `GET /stats` | `{"executions": n}` |
 //! | `POST /stats/reset` | sets the count to zero |
 
 use std::{
-    fmt,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -26,110 +25,33 @@ use axum::{
     http::{HeaderMap, StatusCode},
     routing::{get, post},
 };
-use clap::ValueEnum;
 use serde_json::{Value, json};
+
+use crate::config::{Backends, Config};
 
 /// The identity header every configuration scopes keys by.
 pub const USER_HEADER: &str = "x-user";
 
-/// One way of serving the app.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Config {
-    /// No idempotency layer: the cost of the app itself.
-    Baseline,
-    /// tower-idempotency with its `MemoryStore`.
-    OursMemory,
-    /// tower-idempotency with `RedisStore`.
-    OursRedis,
-    /// tower-idempotency with `PostgresStore`.
-    OursPostgres,
-    /// `idempotent` 2.0.0 with its memory store.
-    IdempotentMemory,
-    /// `idempotent` 2.0.0 with its Valkey/Redis store.
-    IdempotentRedis,
-    /// `axum-idempotent` 0.6.0 over a `ruts` session in a `MokaStore`.
-    AxumIdempotent,
-}
-
-impl Config {
-    pub const ALL: [Self; 7] = [
-        Self::Baseline,
-        Self::OursMemory,
-        Self::OursRedis,
-        Self::OursPostgres,
-        Self::IdempotentMemory,
-        Self::IdempotentRedis,
-        Self::AxumIdempotent,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Baseline => "baseline",
-            Self::OursMemory => "ours-memory",
-            Self::OursRedis => "ours-redis",
-            Self::OursPostgres => "ours-postgres",
-            Self::IdempotentMemory => "idempotent-memory",
-            Self::IdempotentRedis => "idempotent-redis",
-            Self::AxumIdempotent => "axum-idempotent",
-        }
-    }
-
-    /// Whether this is tower-idempotency: its correctness failures fail the run.
-    pub fn is_ours(self) -> bool {
-        matches!(
-            self,
-            Self::OursMemory | Self::OursRedis | Self::OursPostgres
-        )
-    }
-
-    /// Whether a layer deduplicates at all (the baseline executes every request).
-    pub fn deduplicates(self) -> bool {
-        self != Self::Baseline
-    }
-
-    pub fn needs_redis(self) -> bool {
-        matches!(self, Self::OursRedis | Self::IdempotentRedis)
-    }
-
-    pub fn needs_postgres(self) -> bool {
-        self == Self::OursPostgres
-    }
-}
-
-impl fmt::Display for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Where the shared stores live, and the namespace that keeps one run's records apart.
-#[derive(Debug, Clone)]
-pub struct Backends {
-    pub redis_url: String,
-    pub database_url: String,
-    /// `[a-z0-9_]`, unique per server process: the Redis key prefix and the table suffix.
-    pub namespace: String,
-}
-
-impl Backends {
-    /// Redis keys of this namespace, for both stores (`idempotent` adds the `:` itself).
-    pub fn redis_pattern(&self) -> String {
-        format!("{}:*", self.namespace)
-    }
-
-    pub fn table(&self) -> String {
-        format!("loadbench_{}", self.namespace)
-    }
-}
-
+/// What every handler shares: the execution count `GET /stats` reports.
 #[derive(Clone)]
-struct AppState {
+pub struct AppState {
     executions: Arc<AtomicU64>,
     /// Simulated work in the handler, so that concurrent requests overlap (same-key-64).
     work: Duration,
+}
+
+impl AppState {
+    /// Counts an execution of the handler; returns the count including it.
+    pub fn executed(&self) -> u64 {
+        self.executions.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The simulated work.
+    pub async fn work(&self) {
+        if !self.work.is_zero() {
+            tokio::time::sleep(self.work).await;
+        }
+    }
 }
 
 /// The handler under test: what a real "create" endpoint does, minus the database.
@@ -137,10 +59,8 @@ async fn create_deployment(
     State(state): State<AppState>,
     Json(request): Json<Value>,
 ) -> (StatusCode, Json<Value>) {
-    let id = state.executions.fetch_add(1, Ordering::Relaxed) + 1;
-    if !state.work.is_zero() {
-        tokio::time::sleep(state.work).await;
-    }
+    let id = state.executed();
+    state.work().await;
     let name = request.get("name").cloned().unwrap_or(Value::Null);
     (
         StatusCode::CREATED,
@@ -193,20 +113,22 @@ pub async fn build(config: Config, backends: &Backends, work: Duration) -> anyho
         .route("/stats", get(stats))
         .route("/stats/reset", post(reset_stats))
         .with_state(state.clone());
-    let api = Router::new()
-        .route("/api/deployments", post(create_deployment))
-        .with_state(state);
+    let plain = || {
+        Router::new()
+            .route("/api/deployments", post(create_deployment))
+            .with_state(state.clone())
+    };
     let with_session_noop = |api: Router| api.route("/session", post(no_session));
 
     let api = match config {
-        Config::Baseline => with_session_noop(api),
+        Config::Baseline => with_session_noop(plain()),
         Config::OursMemory => {
             // A budget far above what a run writes: the run measures the store, not eviction.
             let store = tower_idempotency::store::memory::MemoryStore::builder()
                 .max_entries(8_000_000)
                 .max_bytes(4 << 30)
                 .build();
-            with_session_noop(api.layer(ours(store)))
+            with_session_noop(plain().layer(ours(store)))
         }
         Config::OursRedis => {
             let store = tower_idempotency_redis::RedisStore::builder()
@@ -214,7 +136,7 @@ pub async fn build(config: Config, backends: &Backends, work: Duration) -> anyho
                 .connect(&backends.redis_url)
                 .await
                 .context("connecting RedisStore")?;
-            with_session_noop(api.layer(ours(store)))
+            with_session_noop(plain().layer(ours(store)))
         }
         Config::OursPostgres => {
             // The pool as shipped (sqlx's 10 connections, ping before use): the default a user
@@ -225,11 +147,58 @@ pub async fn build(config: Config, backends: &Backends, work: Duration) -> anyho
                 .await
                 .context("connecting PostgresStore")?;
             store.migrate().await.context("creating the table")?;
-            with_session_noop(api.layer(ours(store)))
+            // The handler's insert shares the store's pool: the same 10 connections as the
+            // transactional configuration has for everything.
+            let orders = backends.orders_table();
+            crate::orders::create_postgres_table(store.pool(), &orders).await?;
+            let route = crate::orders::postgres_route(state.clone(), store.pool().clone(), &orders);
+            with_session_noop(route.layer(ours(store)))
+        }
+        Config::OursPostgresTx => {
+            // A pool as the crate's example opens it (`PgPool::connect`: sqlx's defaults, 10
+            // connections, ping before use), shared by the store and the handler.
+            let pool = tower_idempotency_postgres::sqlx::PgPool::connect(&backends.database_url)
+                .await
+                .context("connecting to PostgreSQL")?;
+            let store = tower_idempotency_postgres::PostgresTransactionalStore::with_table(
+                pool.clone(),
+                &backends.table(),
+            )?;
+            store.migrate().await.context("creating the table")?;
+            let orders = backends.orders_table();
+            crate::orders::create_postgres_table(&pool, &orders).await?;
+            let route = crate::orders::postgres_lent_route(state.clone(), &orders);
+            with_session_noop(route.layer(ours_transactional(store)))
+        }
+        Config::OursSqlite => {
+            // As shipped: `SqliteStore::connect` (WAL, synchronous = NORMAL, busy_timeout 5 s,
+            // 8 connections); the handler's insert shares the store's pool.
+            let store = tower_idempotency_sqlite::SqliteStore::connect(sqlite_file(backends)?)
+                .await
+                .context("opening SqliteStore")?;
+            store.migrate().await.context("creating the table")?;
+            crate::orders::create_sqlite_table(store.pool()).await?;
+            let route = crate::orders::sqlite_route(state.clone(), store.pool().clone());
+            with_session_noop(route.layer(ours(store)))
+        }
+        Config::OursSqliteTx => {
+            // The crate's recommended pool (`pool_options`, `connect_options`): the same
+            // settings as `SqliteStore::connect`.
+            let pool = tower_idempotency_sqlite::pool_options()
+                .connect_with(tower_idempotency_sqlite::connect_options(sqlite_file(
+                    backends,
+                )?))
+                .await
+                .context("opening the SQLite database")?;
+            let store = tower_idempotency_sqlite::SqliteTransactionalStore::new(pool.clone());
+            store.migrate().await.context("creating the table")?;
+            crate::orders::create_sqlite_table(&pool).await?;
+            let route = crate::orders::sqlite_lent_route(state.clone());
+            with_session_noop(route.layer(ours_transactional(store)))
         }
         Config::IdempotentMemory => {
             let store = idempotent::memory::MemoryStore::builder().try_build()?;
-            with_session_noop(api.layer(peer_idempotent(store)))
+            with_session_noop(plain().layer(peer_idempotent(store)))
         }
         Config::IdempotentRedis => {
             let store = idempotent::valkey::ValkeyStore::with_url(backends.redis_url.clone())
@@ -237,7 +206,7 @@ pub async fn build(config: Config, backends: &Backends, work: Duration) -> anyho
                 .try_build()
                 .await
                 .context("connecting ValkeyStore")?;
-            with_session_noop(api.layer(peer_idempotent(store)))
+            with_session_noop(plain().layer(peer_idempotent(store)))
         }
         Config::AxumIdempotent => {
             use ruts::{CookieOptions, SessionLayer, store::moka::MokaStore};
@@ -247,7 +216,8 @@ pub async fn build(config: Config, backends: &Backends, work: Duration) -> anyho
                 .use_idempotency_key_header(Some("idempotency-key"), false)
                 .expire_after(24 * 3600);
             let sessions = Arc::new(MokaStore::builder().max_capacity(100_000).build());
-            api.route("/session", post(start_session))
+            plain()
+                .route("/session", post(start_session))
                 .layer(axum_idempotent::IdempotentLayer::<MokaStore>::new(options))
                 .layer(
                     SessionLayer::new(sessions).with_cookie_options(
@@ -269,6 +239,21 @@ fn ours<St: tower_idempotency::store::IdempotencyStore>(
 ) -> tower_idempotency::IdempotencyLayer<St> {
     tower_idempotency::IdempotencyLayer::new(store)
         .scope(|parts| Some(user_of(parts)?.to_owned().into()))
+}
+
+/// Our layer in transactional mode, scoped the same way.
+fn ours_transactional<St: tower_idempotency::transactional::TransactionalStore>(
+    store: St,
+) -> tower_idempotency::IdempotencyLayer<tower_idempotency::transactional::Transactional<St>> {
+    tower_idempotency::IdempotencyLayer::transactional(store)
+        .scope(|parts| Some(user_of(parts)?.to_owned().into()))
+}
+
+/// The SQLite configurations' database file, in a fresh directory of the server's own.
+fn sqlite_file(backends: &Backends) -> anyhow::Result<std::path::PathBuf> {
+    let dir = backends.sqlite_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir.join("app.db"))
 }
 
 /// `idempotent`'s layer, scoped by the same header.

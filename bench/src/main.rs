@@ -11,8 +11,10 @@
 //! `scripts/bench` runs them all; see docs/benchmarks.md for what is measured and how.
 
 mod app;
+mod config;
 mod load;
 mod memory;
+mod orders;
 mod report;
 mod results;
 mod roundtrips;
@@ -24,7 +26,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    app::{Backends, Config},
+    config::{Backends, Config},
     load::Scenario,
 };
 

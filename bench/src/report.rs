@@ -1,11 +1,13 @@
 //! Renders `docs/benchmarks.md` and its SVG chart from the stored results.
 
+mod transactional;
+
 use std::{collections::BTreeMap, fmt::Write as _, fs, path::Path};
 
 use anyhow::Context as _;
 
 use crate::{
-    app::Config,
+    config::Config,
     load::{SAME_KEY_CONCURRENCY, Scenario},
     memory::BODY_BYTES,
     results::{self, LoadResults, Measurement, MemoryResults, RoundTripResults},
@@ -98,6 +100,18 @@ fn ms(us: f64) -> String {
     }
 }
 
+/// Round trips, with how many were sqlx's pings where there were any.
+fn round_trips(r: &crate::results::RoundTrips) -> String {
+    match (r.client_writes, r.pings) {
+        (Some(n), Some(pings)) if pings > 0 => format!("{n} ({pings} pings)"),
+        (n, _) => optional(n),
+    }
+}
+
+fn optional(n: Option<u64>) -> String {
+    n.map_or_else(|| "–".to_owned(), |n| n.to_string())
+}
+
 fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 && a.is_finite() && b.is_finite() {
         format!("{:.2}×", a / b)
@@ -111,7 +125,14 @@ fn peer_note(config: Config) -> &'static str {
         Config::Baseline => "no idempotency layer",
         Config::OursMemory => "tower-idempotency, `MemoryStore`",
         Config::OursRedis => "tower-idempotency, `RedisStore`",
-        Config::OursPostgres => "tower-idempotency, `PostgresStore`",
+        Config::OursPostgres => "tower-idempotency, `PostgresStore`; the handler inserts a row",
+        Config::OursPostgresTx => {
+            "transactional mode, `PostgresTransactionalStore`; the handler inserts a row in the lent transaction"
+        }
+        Config::OursSqlite => "tower-idempotency, `SqliteStore`; the handler inserts a row",
+        Config::OursSqliteTx => {
+            "transactional mode, `SqliteTransactionalStore`; the handler inserts a row in the lent transaction"
+        }
         Config::IdempotentMemory => "`idempotent` 2.0.0, memory store",
         Config::IdempotentRedis => "`idempotent` 2.0.0, Valkey/Redis store",
         Config::AxumIdempotent => "`axum-idempotent` 0.6.0, ruts `MokaStore` session",
@@ -200,6 +221,7 @@ fn markdown_text(
     if let Some(roundtrips) = roundtrips {
         roundtrip_section(&mut md, roundtrips);
     }
+    transactional::section(&mut md, load, roundtrips);
     md
 }
 
@@ -211,7 +233,10 @@ fn method(md: &mut String, load: &LoadResults) {
         "- **App**: axum 0.8, `POST /api/deployments` with a 64-byte JSON body; the handler \
          parses it, counts an execution and answers `201` with a ~45-byte JSON body. Keys are \
          scoped by an `x-user` header (axum-idempotent scopes by its session cookie instead, \
-         the only scope it has)."
+         the only scope it has). Where the store is a database (PostgreSQL, SQLite), the \
+         handler also inserts one `orders` row into it: on the store's pool, as a statement of \
+         its own, with the separate stores; through the lent transaction in transactional mode \
+         (see [Transactional mode](#transactional-mode))."
     );
     let _ = writeln!(
         md,
@@ -252,7 +277,10 @@ fn method(md: &mut String, load: &LoadResults) {
         md,
         "- **Configurations**: {}. Stores as shipped (our `MemoryStore` with a budget above what \
          a run writes, so eviction is not measured; `PostgresStore` with sqlx's 10-connection \
-         pool; `idempotent` and `axum-idempotent` with their defaults and a 24 h TTL like ours).\n",
+         pool; `PostgresTransactionalStore` on `PgPool::connect`'s pool (sqlx's defaults, also 10 \
+         connections); both SQLite stores on the crate's settings: a fresh database file per \
+         server, WAL, `synchronous = NORMAL`, 8 connections; `idempotent` and \
+         `axum-idempotent` with their defaults and a 24 h TTL like ours).\n",
         Config::ALL
             .iter()
             .map(|c| format!("`{c}` ({})", peer_note(*c)))
@@ -476,17 +504,23 @@ fn roundtrip_section(md: &mut String, roundtrips: &RoundTripResults) {
     let _ = writeln!(md, "## Store round trips per request\n");
     let _ = writeln!(
         md,
-        "On a private `redis-server` and a private PostgreSQL cluster (`initdb` under /tmp, \
-         `pg_stat_statements` preloaded), after a warm-up pass. *Commands* are what the server \
-         executed (`INFO commandstats`, `pg_stat_statements`); *round trips* are the writes the \
-         client sent through a counting TCP proxy, which also catches what is not a statement \
-         (sqlx's connection pings).\n"
+        "On a private `redis-server`, a private PostgreSQL cluster (`initdb` under /tmp, \
+         `pg_stat_statements` preloaded) and a SQLite file, after a warm-up pass; where the \
+         store is a database the handler inserts one row, as under load. *Commands* are what \
+         the server executed (`INFO commandstats`, `pg_stat_statements`; for SQLite the \
+         statements sqlx logs, which leave out `BEGIN`, `COMMIT` and `ROLLBACK`). *Commits* \
+         are transactions that wrote and were made durable: PostgreSQL's WAL commit records \
+         (read back with `pg_walinspect`), SQLite's commit hook. *Round trips* are the writes \
+         the client sent through a counting TCP proxy, which also catches what is not a \
+         statement (sqlx's connection pings, counted apart: a lone Sync before a pooled connection \
+         is handed out, with `test_before_acquire`, and when it goes back) but not the one-time \
+         preparation of a statement on a connection; SQLite runs in-process and has none.\n"
     );
     let _ = writeln!(
         md,
-        "| store | request | status | commands executed | round trips |"
+        "| store | request | status | commands executed | commits | round trips |"
     );
-    let _ = writeln!(md, "|---|---|---:|---|---:|");
+    let _ = writeln!(md, "|---|---|---:|---|---:|---:|");
     for r in &roundtrips.rows {
         let commands = if r.commands.is_empty() {
             "none".to_owned()
@@ -499,8 +533,13 @@ fn roundtrip_section(md: &mut String, roundtrips: &RoundTripResults) {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} |",
-            r.store, r.request, r.status, commands, r.client_writes
+            "| {} | {} | {} | {} | {} | {} |",
+            r.store,
+            r.request,
+            r.status,
+            commands,
+            optional(r.commits),
+            round_trips(r)
         );
     }
     for s in &roundtrips.skipped {

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
-    app::Config,
+    config::Config,
     load::{Outcome, Scenario},
 };
 
@@ -252,8 +252,19 @@ pub struct RoundTrips {
     pub status: u16,
     /// Commands or statements the server executed, by name, e.g. `set: 1`.
     pub commands: Vec<(String, u64)>,
-    /// Writes the client sent to the server (through a counting proxy): round trips.
-    pub client_writes: u64,
+    /// Writes the client sent to the server (through a counting proxy): round trips. `None`
+    /// where there is no wire (SQLite).
+    pub client_writes: Option<u64>,
+    /// Of those, sqlx's connection pings (PostgreSQL).
+    #[serde(default)]
+    pub pings: Option<u64>,
+    /// Durable commits: transactions that wrote (PostgreSQL: WAL commit records; SQLite: its
+    /// commit hook). `None` where not measured (Redis).
+    #[serde(default)]
+    pub commits: Option<u64>,
+    /// PostgreSQL: the WAL records written, by `resource manager/record type`.
+    #[serde(default)]
+    pub wal: Vec<(String, u64)>,
 }
 
 /// The output of `roundtrips`.

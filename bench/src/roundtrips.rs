@@ -1,151 +1,42 @@
 //! `roundtrips`: what each kind of request costs the store, on private servers.
 //!
 //! The app runs in-process (no HTTP: only store traffic matters) against a `redis-server` and
-//! a PostgreSQL cluster of our own, so no one else's commands enter the counts. Two counts per
-//! request kind:
-//! - commands or statements the server executed: `INFO commandstats` deltas (Redis),
-//!   `pg_stat_statements` deltas (PostgreSQL);
+//! a PostgreSQL cluster of our own, so no one else's commands enter the counts, and against a
+//! SQLite file. Per request kind ([`count`] says how each is measured):
+//! - commands or statements the server executed;
+//! - commits: transactions that wrote and were made durable (PostgreSQL, SQLite);
 //! - round trips: writes the client sent, through a counting TCP proxy. They include what is
-//!   not a statement, such as sqlx's connection pings.
+//!   not a statement, such as sqlx's connection pings. SQLite has no wire: none.
+//!
+//! Where the store is a database, the handler inserts one `orders` row, as in the load runs
+//! ([`crate::orders`]): on the store's pool for the separate stores, through the lent
+//! transaction in transactional mode.
 //!
 //! Statements are prepared and scripts loaded by a warm-up pass first, as in a running service.
 
-use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
+mod app;
+mod count;
+
+use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
-use axum::{
-    Router,
-    body::Body,
-    extract::State,
-    http::{HeaderMap, Request, StatusCode},
-    routing::post,
-};
-use tokio::sync::Notify;
+use axum::{Router, body::Body, http::Request};
 use tower::ServiceExt;
-use tower_idempotency_postgres::sqlx::{self, PgPool};
+use tower_idempotency_postgres::{
+    PostgresTransactionalStore,
+    sqlx::{self, PgPool},
+};
+use tower_idempotency_sqlite::{SqliteStore, SqliteTransactionalStore};
 
+use self::{
+    app::{BODY, Gate, OTHER_BODY, Write, app, ours, ours_transactional, peer, request},
+    count::{Counter, SqliteCounts},
+};
 use crate::{
+    orders,
     results::{self, RoundTripResults, RoundTrips},
     services::{self, CountingProxy, PrivatePostgres, PrivateRedis},
 };
-
-/// Lets a test hold a request inside the handler, to observe what a concurrent retry costs.
-#[derive(Default)]
-struct Gate {
-    entered: Notify,
-    release: Notify,
-}
-
-async fn handler(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> (StatusCode, &'static str) {
-    if headers.contains_key("x-hold") {
-        gate.entered.notify_one();
-        gate.release.notified().await;
-    }
-    (StatusCode::CREATED, r#"{"id":1,"status":"queued"}"#)
-}
-
-fn app<L>(layer: L, gate: Arc<Gate>) -> Router
-where
-    L: tower::Layer<axum::routing::Route> + Clone + Send + Sync + 'static,
-    L::Service: tower::Service<Request<Body>, Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    <L::Service as tower::Service<Request<Body>>>::Response: axum::response::IntoResponse + 'static,
-    <L::Service as tower::Service<Request<Body>>>::Future: Send + 'static,
-{
-    Router::new()
-        .route("/api/deployments", post(handler))
-        .with_state(gate)
-        .layer(layer)
-}
-
-fn request(key: &str, body: &'static str, hold: bool) -> Request<Body> {
-    let mut builder = Request::post("/api/deployments")
-        .header("content-type", "application/json")
-        .header("idempotency-key", key)
-        .header("x-user", "user-1");
-    if hold {
-        builder = builder.header("x-hold", "1");
-    }
-    builder.body(Body::from(body)).expect("a valid request")
-}
-
-const BODY: &str = r#"{"name":"web","replicas":3}"#;
-const OTHER_BODY: &str = r#"{"name":"web","replicas":4}"#;
-
-/// Where commands are counted.
-enum Counter {
-    Redis(redis::aio::MultiplexedConnection),
-    Postgres(PgPool),
-}
-
-impl Counter {
-    /// Executions so far, by command or statement.
-    async fn snapshot(&mut self) -> anyhow::Result<BTreeMap<String, u64>> {
-        let mut counts = BTreeMap::new();
-        match self {
-            Self::Redis(con) => {
-                let info: String = redis::cmd("INFO")
-                    .arg("commandstats")
-                    .query_async(con)
-                    .await?;
-                for line in info.lines() {
-                    let Some((name, stats)) = line
-                        .strip_prefix("cmdstat_")
-                        .and_then(|l| l.split_once(':'))
-                    else {
-                        continue;
-                    };
-                    let calls = stats
-                        .split(',')
-                        .find_map(|kv| kv.strip_prefix("calls="))
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    counts.insert(name.to_uppercase(), calls);
-                }
-            }
-            Self::Postgres(pool) => {
-                let rows: Vec<(String, i64)> = sqlx::query_as(
-                    "SELECT query, calls FROM pg_stat_statements \
-                     WHERE query NOT LIKE '%pg_stat_statements%'",
-                )
-                .fetch_all(&*pool)
-                .await?;
-                for (query, calls) in rows {
-                    *counts.entry(statement_name(&query)).or_default() += calls as u64;
-                }
-            }
-        }
-        Ok(counts)
-    }
-}
-
-/// A short name for a statement: its verb and what it changes.
-fn statement_name(query: &str) -> String {
-    let q = query.trim();
-    let verb = q.split_whitespace().next().unwrap_or("?").to_uppercase();
-    match verb.as_str() {
-        "INSERT" if q.contains("ON CONFLICT") => {
-            "INSERT … ON CONFLICT DO UPDATE (claim)".to_owned()
-        }
-        "UPDATE" if q.contains("SET response") => "UPDATE … SET response (complete)".to_owned(),
-        "UPDATE" => "UPDATE … SET expires_at (renew)".to_owned(),
-        "DELETE" if q.contains("token") => "DELETE (release)".to_owned(),
-        _ => q.chars().take(48).collect(),
-    }
-}
-
-fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> Vec<(String, u64)> {
-    after
-        .iter()
-        .filter_map(|(name, &n)| {
-            let d = n.saturating_sub(before.get(name).copied().unwrap_or(0));
-            (d > 0).then(|| (name.clone(), d))
-        })
-        .collect()
-}
 
 /// Long enough for what a store does after the answer (sqlx returning the connection to its
 /// pool, with a ping) to land in the counts.
@@ -156,32 +47,35 @@ struct Probe<'a> {
     app: Router,
     gate: Arc<Gate>,
     counter: Counter,
-    proxy: &'a CountingProxy,
+    /// `None`: in-process, no wire (SQLite).
+    proxy: Option<&'a CountingProxy>,
 }
 
 impl Probe<'_> {
+    fn writes(&self) -> Option<(u64, u64)> {
+        self.proxy.map(|p| (p.writes(), p.pings()))
+    }
+
     /// One request, and the store traffic it caused.
     async fn measure(&mut self, label: &str, request: Request<Body>) -> anyhow::Result<RoundTrips> {
         let before = self.counter.snapshot().await?;
-        let writes = self.proxy.writes();
+        let writes = self.writes();
         let response = self.app.clone().oneshot(request).await?;
         tokio::time::sleep(SETTLE).await;
         let after = self.counter.snapshot().await?;
-        let mut commands = delta(&before, &after);
-        if matches!(self.counter, Counter::Redis(_)) {
-            // The first snapshot's own INFO is counted by the second; a store's INFO (the
-            // peer's claim script runs one) is not ours to hide.
-            if let Some(info) = commands.iter_mut().find(|(name, _)| name == "INFO") {
-                info.1 -= 1;
-            }
-            commands.retain(|(_, n)| *n > 0);
-        }
+        let delta = self.counter.delta(&before, &after).await?;
         Ok(RoundTrips {
             store: self.store.to_owned(),
             request: label.to_owned(),
             status: response.status().as_u16(),
-            commands,
-            client_writes: self.proxy.writes() - writes,
+            commands: delta.commands,
+            client_writes: self.writes().zip(writes).map(|(b, a)| b.0 - a.0),
+            pings: match (self.counter.is_postgres(), self.writes().zip(writes)) {
+                (true, Some((b, a))) => Some(b.1 - a.1),
+                _ => None,
+            },
+            commits: delta.commits,
+            wal: delta.wal,
         })
     }
 
@@ -189,12 +83,8 @@ impl Probe<'_> {
     async fn sequence(&mut self, run: &str) -> anyhow::Result<Vec<RoundTrips>> {
         let (key, held_key) = (format!("{run}-k1"), format!("{run}-k2"));
         let mut rows = vec![
-            self.measure(
-                "first request (executes, stores)",
-                request(&key, BODY, false),
-            )
-            .await?,
-            self.measure("replay", request(&key, BODY, false)).await?,
+            self.measure(FIRST, request(&key, BODY, false)).await?,
+            self.measure(REPLAY, request(&key, BODY, false)).await?,
             self.measure(
                 "same key, other body (422; idempotent: 400)",
                 request(&key, OTHER_BODY, false),
@@ -207,11 +97,8 @@ impl Probe<'_> {
             .context("the held request never reached the handler")?;
         tokio::time::sleep(SETTLE).await;
         rows.push(
-            self.measure(
-                "retry while in flight (409)",
-                request(&held_key, BODY, false),
-            )
-            .await?,
+            self.measure(IN_FLIGHT, request(&held_key, BODY, false))
+                .await?,
         );
         self.gate.release.notify_one();
         held.await??;
@@ -219,46 +106,52 @@ impl Probe<'_> {
         Ok(rows)
     }
 
-    /// A warm-up pass (connections, prepared statements, scripts), then the measured one.
+    /// Warm-up passes (connections, prepared statements, scripts), then the measured one:
+    /// passes run until one costs what the one before did. (sqlx prepares a statement once
+    /// per connection, at the cost of a round trip, and the pool hands its connections out in
+    /// turn: a single warm-up pass can leave one unprepared.)
     async fn run(mut self) -> anyhow::Result<Vec<RoundTrips>> {
-        self.sequence("warmup").await?;
-        let rows = self.sequence("measured").await?;
+        const MAX_PASSES: usize = 6;
+        let cost = |rows: &[RoundTrips]| {
+            rows.iter()
+                .map(|r| (r.client_writes, r.commits, r.commands.clone()))
+                .collect::<Vec<_>>()
+        };
+        let mut rows = self.sequence("pass0").await?;
+        for pass in 1..MAX_PASSES {
+            let next = self.sequence(&format!("pass{pass}")).await?;
+            let stable = cost(&next) == cost(&rows);
+            rows = next;
+            if stable {
+                break;
+            }
+        }
         for row in &rows {
             eprintln!(
-                "roundtrips: {:<22} {:<45} {} -> {:?}, {} round trips",
-                row.store, row.request, row.status, row.commands, row.client_writes
+                "roundtrips: {:<32} {:<45} {} -> {:?}, commits {:?}, WAL {:?}, round trips {:?}",
+                row.store,
+                row.request,
+                row.status,
+                row.commands,
+                row.commits,
+                row.wal,
+                row.client_writes
             );
         }
         Ok(rows)
     }
 }
 
-fn ours<St: tower_idempotency::store::IdempotencyStore>(
-    store: St,
-) -> tower_idempotency::IdempotencyLayer<St> {
-    tower_idempotency::IdempotencyLayer::new(store).scope(|parts| {
-        Some(
-            parts
-                .headers
-                .get("x-user")?
-                .to_str()
-                .ok()?
-                .to_owned()
-                .into(),
-        )
-    })
-}
+/// The request labels the report looks rows up by.
+pub const FIRST: &str = "first request (executes, stores)";
+pub const REPLAY: &str = "replay";
+pub const IN_FLIGHT: &str = "retry while in flight (409)";
 
-fn peer<St>(store: St) -> idempotent::middleware::IdempotencyLayer<St> {
-    idempotent::middleware::IdempotencyLayer::new(store).scope(|parts| {
-        parts
-            .headers
-            .get("x-user")?
-            .to_str()
-            .ok()
-            .map(str::to_owned)
-    })
-}
+/// The stores the report compares, as the rows name them.
+pub const POSTGRES: &str = "ours: PostgresStore";
+pub const POSTGRES_TX: &str = "ours: PostgresTransactionalStore";
+pub const SQLITE: &str = "ours: SqliteStore";
+pub const SQLITE_TX: &str = "ours: SqliteTransactionalStore";
 
 async fn redis_rows() -> anyhow::Result<Vec<RoundTrips>> {
     let server = PrivateRedis::start().await?;
@@ -271,10 +164,10 @@ async fn redis_rows() -> anyhow::Result<Vec<RoundTrips>> {
     rows.extend(
         Probe {
             store: "ours: RedisStore",
-            app: app(ours(store), Arc::clone(&gate)),
+            app: app(ours(store), Arc::clone(&gate), Write::None),
             gate,
             counter: Counter::Redis(services::redis(&server.url).await?),
-            proxy: &proxy,
+            proxy: Some(&proxy),
         }
         .run()
         .await?,
@@ -288,10 +181,10 @@ async fn redis_rows() -> anyhow::Result<Vec<RoundTrips>> {
     rows.extend(
         Probe {
             store: "idempotent: Valkey store",
-            app: app(peer(store), Arc::clone(&gate)),
+            app: app(peer(store), Arc::clone(&gate), Write::None),
             gate,
             counter: Counter::Redis(services::redis(&server.url).await?),
-            proxy: &proxy,
+            proxy: Some(&proxy),
         }
         .run()
         .await?,
@@ -299,35 +192,143 @@ async fn redis_rows() -> anyhow::Result<Vec<RoundTrips>> {
     Ok(rows)
 }
 
-async fn postgres_rows() -> anyhow::Result<Vec<RoundTrips>> {
+async fn postgres_rows() -> anyhow::Result<(Vec<RoundTrips>, Vec<String>)> {
     let server = PrivatePostgres::start().await?;
     let admin = services::postgres(&server.url).await?;
     sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .execute(&admin)
         .await?;
+    let mut skipped = Vec::new();
+    let wal = count::enable_wal_counts(&admin).await;
+    if !wal {
+        skipped.push("PostgreSQL commits: no pg_walinspect (PostgreSQL 15+)".to_owned());
+    }
     let proxy = CountingProxy::start(services::socket_of(&server.url)?).await?;
     let via_proxy = format!("postgres://postgres@{}/postgres", proxy.addr);
-    // As shipped: sqlx's pool defaults (ping before use included).
+    let mut rows = Vec::new();
+
+    // The separate store as shipped (sqlx's pool defaults, ping before use included); the
+    // handler's insert shares its pool, as in `ours-postgres`.
     let store = tower_idempotency_postgres::PostgresStore::connect(&via_proxy).await?;
     store.migrate().await?;
+    orders::create_postgres_table(store.pool(), "separate_orders").await?;
+    let write = Write::PostgresPool(
+        store.pool().clone(),
+        orders::postgres_insert("separate_orders"),
+    );
     let gate = Arc::new(Gate::default());
-    let rows = Probe {
-        store: "ours: PostgresStore",
-        app: app(ours(store), Arc::clone(&gate)),
-        gate,
-        counter: Counter::Postgres(admin),
-        proxy: &proxy,
-    }
-    .run()
-    .await?;
+    rows.extend(
+        Probe {
+            store: POSTGRES,
+            app: app(ours(store), Arc::clone(&gate), write),
+            gate,
+            counter: Counter::Postgres {
+                pool: admin.clone(),
+                wal,
+            },
+            proxy: Some(&proxy),
+        }
+        .run()
+        .await?,
+    );
+
+    // Transactional mode on a pool as `PgPool::connect` opens it (as in `ours-postgres-tx`),
+    // on a table of its own.
+    let pool = PgPool::connect(&via_proxy).await?;
+    let store = PostgresTransactionalStore::with_table(pool.clone(), "tx_records")?;
+    store.migrate().await?;
+    orders::create_postgres_table(&pool, "tx_orders").await?;
+    let gate = Arc::new(Gate::default());
+    rows.extend(
+        Probe {
+            store: POSTGRES_TX,
+            app: app(
+                ours_transactional(store),
+                Arc::clone(&gate),
+                Write::PostgresLent(orders::postgres_insert("tx_orders")),
+            ),
+            gate,
+            counter: Counter::Postgres { pool: admin, wal },
+            proxy: Some(&proxy),
+        }
+        .run()
+        .await?,
+    );
     if rows.is_empty() {
         bail!("no rows measured");
+    }
+    Ok((rows, skipped))
+}
+
+/// A SQLite database file in a directory of its own, removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn sqlite_rows() -> anyhow::Result<Vec<RoundTrips>> {
+    let dir = TempFile(std::env::temp_dir().join(format!(
+        "loadbench-roundtrips-sqlite-{}",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&dir.0)?;
+    let mut rows = Vec::new();
+    for transactional in [false, true] {
+        let counts = Arc::new(SqliteCounts::default());
+        let file = dir.0.join(if transactional {
+            "tx.db"
+        } else {
+            "separate.db"
+        });
+        // The crate's settings (what `SqliteStore::connect` opens), plus the commit hook.
+        let pool = counts
+            .pool_options(tower_idempotency_sqlite::pool_options())
+            .connect_with(tower_idempotency_sqlite::connect_options(&file))
+            .await?;
+        orders::create_sqlite_table(&pool).await?;
+        let gate = Arc::new(Gate::default());
+        let counter = Counter::Sqlite(Arc::clone(&counts));
+        let probe = if transactional {
+            let store = SqliteTransactionalStore::new(pool.clone());
+            store.migrate().await?;
+            Probe {
+                store: SQLITE_TX,
+                app: app(
+                    ours_transactional(store),
+                    Arc::clone(&gate),
+                    Write::SqliteLent(orders::sqlite_insert()),
+                ),
+                gate,
+                counter,
+                proxy: None,
+            }
+        } else {
+            let store = SqliteStore::new(pool.clone());
+            store.migrate().await?;
+            Probe {
+                store: SQLITE,
+                app: app(
+                    ours(store),
+                    Arc::clone(&gate),
+                    Write::SqlitePool(pool.clone(), orders::sqlite_insert()),
+                ),
+                gate,
+                counter,
+                proxy: None,
+            }
+        };
+        rows.extend(probe.run().await?);
+        pool.close().await;
     }
     Ok(rows)
 }
 
 /// `roundtrips`.
 pub fn run(results_dir: &Path) -> anyhow::Result<()> {
+    count::install_query_log();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -340,8 +341,15 @@ pub fn run(results_dir: &Path) -> anyhow::Result<()> {
             Err(e) => skipped.push(format!("Redis: {e:#}")),
         }
         match postgres_rows().await {
-            Ok(mut r) => rows.append(&mut r),
+            Ok((mut r, mut s)) => {
+                rows.append(&mut r);
+                skipped.append(&mut s);
+            }
             Err(e) => skipped.push(format!("PostgreSQL: {e:#}")),
+        }
+        match sqlite_rows().await {
+            Ok(mut r) => rows.append(&mut r),
+            Err(e) => skipped.push(format!("SQLite: {e:#}")),
         }
         (rows, skipped)
     });

@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail};
 use tokio::process::{Child, Command};
 
 use crate::{
-    app::{Backends, Config},
+    config::{Backends, Config},
     load::{self, Client, Plan, Scenario},
     results::{self, LoadResults, LoadSettings, Machine, Measurement},
     services,
@@ -104,7 +104,8 @@ impl Server {
         })
     }
 
-    /// Kills the server and deletes what it stored in the shared Redis or PostgreSQL.
+    /// Kills the server and deletes what it stored in the shared Redis or PostgreSQL, or in
+    /// its SQLite file.
     async fn stop(mut self) -> anyhow::Result<()> {
         let _ = self.child.kill().await;
         if self.config.needs_redis() {
@@ -112,7 +113,16 @@ impl Server {
                 .await?;
         }
         if self.config.needs_postgres() {
-            services::postgres_drop(&self.backends.database_url, &self.backends.table()).await?;
+            for table in [self.backends.table(), self.backends.orders_table()] {
+                services::postgres_drop(&self.backends.database_url, &table).await?;
+            }
+        }
+        if self.config.needs_sqlite() {
+            let dir = self.backends.sqlite_dir();
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
         }
         Ok(())
     }

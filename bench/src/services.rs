@@ -1,23 +1,20 @@
 //! The backends: the shared Redis and PostgreSQL the load runs use, and private instances
-//! (own port, own data directory) for measurements that must not see anyone else's traffic.
+//! (own port, own data directory) for measurements that must not see anyone else's traffic;
+//! the counting proxy in front of them is [`proxy`].
+
+mod proxy;
+
+pub use self::proxy::CountingProxy;
 
 use std::{
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::Stdio,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    process::{Child, Command},
-};
+use tokio::process::{Child, Command};
 use tower_idempotency_postgres::sqlx::{self, PgPool, postgres::PgPoolOptions};
 
 /// A port nobody listens on right now.
@@ -88,8 +85,15 @@ pub async fn postgres_version(url: &str) -> anyhow::Result<String> {
     let version: String = sqlx::query_scalar("SHOW server_version")
         .fetch_one(&pool)
         .await?;
+    // What a commit costs depends on these: with both on, each one waits for an fsync.
+    let (fsync, synchronous_commit): (String, String) =
+        sqlx::query_as("SELECT current_setting('fsync'), current_setting('synchronous_commit')")
+            .fetch_one(&pool)
+            .await?;
     pool.close().await;
-    Ok(format!("PostgreSQL {version}"))
+    Ok(format!(
+        "PostgreSQL {version}, fsync = {fsync}, synchronous_commit = {synchronous_commit}"
+    ))
 }
 
 pub async fn postgres_drop(url: &str, table: &str) -> anyhow::Result<()> {
@@ -152,7 +156,7 @@ impl PrivateRedis {
 }
 
 /// A PostgreSQL cluster of our own (initdb under /tmp, free port, `pg_stat_statements`
-/// preloaded), run as the `postgres` user when we are root; stopped and removed on drop.
+/// preloaded, WAL flushed within 10 ms so that `roundtrips` reads it back at once), run as the `postgres` user when we are root; stopped and removed on drop.
 pub struct PrivatePostgres {
     bin: PathBuf,
     data: PathBuf,
@@ -194,7 +198,7 @@ impl PrivatePostgres {
         let options = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={data_str} \
              -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all \
-             -c fsync=off"
+             -c fsync=off -c wal_writer_delay=10ms"
         );
         let log = format!("{data_str}/server.log");
         this.tool(
@@ -306,68 +310,6 @@ async fn chown_postgres(path: &Path) -> anyhow::Result<()> {
         bail!("chown postgres {} failed", path.display());
     }
     Ok(())
-}
-
-/// A TCP proxy that counts the writes clients send through it: each is one request the
-/// client waited to send (pipelined messages arrive as one), i.e. a round trip.
-pub struct CountingProxy {
-    pub addr: SocketAddr,
-    writes: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl CountingProxy {
-    pub async fn start(upstream: SocketAddr) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let writes = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&writes);
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let counter = Arc::clone(&counter);
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let _ = client.set_nodelay(true);
-                    let _ = server.set_nodelay(true);
-                    let (mut client_read, mut client_write) = client.into_split();
-                    let (mut server_read, mut server_write) = server.into_split();
-                    let upstream = async {
-                        let mut buf = vec![0; 64 * 1024];
-                        loop {
-                            match client_read.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => {
-                                    counter.fetch_add(1, Ordering::Relaxed);
-                                    if server_write.write_all(&buf[..n]).await.is_err() {
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                        let _ = server_write.shutdown().await;
-                    };
-                    let downstream = async {
-                        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
-                        let _ = client_write.shutdown().await;
-                    };
-                    tokio::join!(upstream, downstream);
-                });
-            }
-        });
-        Ok(Self { addr, writes, task })
-    }
-
-    pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for CountingProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// `host:port` of a `redis://` or `postgres://` URL.

@@ -226,8 +226,8 @@
 //!   before an idle connection is handed out. Connecting costs one statement more, once per
 //!   store: the check of the session settings.
 //! - Completed and in-flight records are answered without a write; a first request writes
-//!   twice (the claim's insert, the completion's update, which PostgreSQL can make a HOT
-//!   update: no indexed column changes).
+//!   twice (the claim's insert, the completion's update; not a HOT update, since it moves the
+//!   indexed `expires_at`: a new index entry in both indexes).
 //! - TLS: enable one of sqlx's TLS features (e.g. `sqlx = { version = "0.8", features =
 //!   ["tls-rustls"] }` in your own manifest); this crate enables none.
 //!
