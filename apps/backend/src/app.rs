@@ -15,7 +15,8 @@ use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::{
     catch_panic::CatchPanicLayer,
-    trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer},
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::{DefaultOnResponse, TraceLayer},
 };
 use tower_idempotency::HandlerTasks;
 use tracing::Level;
@@ -29,8 +30,9 @@ use crate::{
     },
     db::Db,
     error::AppError,
+    http_metrics,
     idempotency::{self, Records},
-    telemetry,
+    request_id, telemetry,
 };
 
 /// Tunables of the app (the CLI fills them from flags and environment).
@@ -69,6 +71,10 @@ pub struct AppState {
     /// Create handlers still running after their client left; shutdown waits for them.
     pub handler_tasks: HandlerTasks,
     pub(crate) metrics: PrometheusHandle,
+    /// Authentication's own state (when each token's last use was written).
+    pub(crate) auth: Arc<auth::AuthState>,
+    /// `--require-idempotency-key`: a `POST` without a key is 400 `key-required`.
+    pub require_idempotency_key: bool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -93,7 +99,15 @@ impl AppState {
             settings: Arc::new(Settings::default()),
             handler_tasks: HandlerTasks::default(),
             metrics: telemetry::metrics_handle(),
+            auth: Arc::default(),
+            require_idempotency_key: false,
         }
+    }
+
+    /// Whether every `POST` must carry an `Idempotency-Key` (400 `key-required` if not).
+    pub fn with_require_idempotency_key(mut self, required: bool) -> Self {
+        self.require_idempotency_key = required;
+        self
     }
 
     /// Replaces the settings.
@@ -105,7 +119,8 @@ impl AppState {
 
 /// The whole HTTP API.
 ///
-/// Middleware, outermost first: panic catcher, request tracing, body limit; then per route:
+/// Middleware, outermost first: request ids (an invalid one dropped, one set, echoed on the
+/// response), HTTP metrics, panic catcher, request tracing, body limit; then per route:
 /// authentication, then (only on `POST /api/deployments`) the body reader (time and size
 /// limits) and the idempotency layer, so a key is always scoped to an authenticated user,
 /// unauthenticated requests never touch the store (nor begin a transaction), and a stalled
@@ -114,9 +129,13 @@ pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route(
             "/api/deployments",
-            create_route(&state).get(deployments::list),
+            idempotent(&state, post(deployments::create)).get(deployments::list),
         )
         .route("/api/deployments/{id}", get(deployments::show))
+        .route(
+            "/api/deployments/{id}/statuses",
+            idempotent(&state, post(deployments::add_status)).get(deployments::list_statuses),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_auth,
@@ -135,18 +154,30 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .make_span_with(request_id::make_span::<Body>)
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
         .layer(catch_panic_layer())
+        // Outside the panic catcher, so a panic's 500 is counted too.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            http_metrics::track,
+        ))
+        // Outermost, so every answer (a panic's too) carries the id and the span has it.
+        .layer(PropagateRequestIdLayer::new(request_id::REQUEST_ID))
+        .layer(SetRequestIdLayer::new(
+            request_id::REQUEST_ID,
+            MakeRequestUuid,
+        ))
+        .layer(middleware::from_fn(request_id::drop_invalid))
         .with_state(state)
 }
 
-/// `POST /api/deployments` behind the body reader and the idempotency layer of the configured
-/// store: a store of its own, or transactional mode on the deployments database (the handler
-/// then finds the request's transaction lent to it; see [`deployments::Writer`]).
-fn create_route(state: &AppState) -> MethodRouter<AppState> {
-    let create = post(deployments::create);
+/// A `POST` route (`POST /api/deployments`, `POST .../statuses`) behind the body reader and
+/// the idempotency layer of the configured store: a store of its own, or transactional mode
+/// on the deployments database (the handler then finds the request's transaction lent to it;
+/// see [`deployments::Writer`]).
+fn idempotent(state: &AppState, create: MethodRouter<AppState>) -> MethodRouter<AppState> {
     let create = match &state.records {
         Records::Separate(store) => create.layer(idempotency::layer(state, store.clone())),
         Records::Sqlite(store) => {

@@ -102,6 +102,20 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub store: StoreArgs,
 
+    /// Refuse `POST /api/deployments` without an Idempotency-Key: 400 `key-required`
+    /// (default: such a request runs, without deduplication). `--require-idempotency-key`
+    /// alone means `true`.
+    #[arg(
+        long,
+        env = "REQUIRE_IDEMPOTENCY_KEY",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub require_idempotency_key: bool,
+
     /// Largest accepted request body, in bytes; larger requests get 413.
     #[arg(
         long,
@@ -123,8 +137,9 @@ pub struct ServeConfig {
     )]
     pub request_timeout: Duration,
 
-    /// Longest time a client may take to send its request headers; the connection is closed
-    /// after it (a stalled client must not hold a connection forever).
+    /// Longest time a client may take to send its request headers, counted from the
+    /// connection's start (so a connection that sends nothing, or one byte, is closed too) and
+    /// between the requests of a keep-alive connection; the connection is closed after it.
     #[arg(
         long,
         env = "BACKEND_HEADER_TIMEOUT",
@@ -133,6 +148,61 @@ pub struct ServeConfig {
         value_name = "DURATION"
     )]
     pub header_timeout: Duration,
+
+    /// Most connections served at once. More wait in the listen backlog until one closes
+    /// (idle ones close after --header-timeout).
+    #[arg(
+        long,
+        env = "BACKEND_MAX_CONNECTIONS",
+        default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS,
+        value_parser = parse_max_connections,
+        value_name = "N"
+    )]
+    pub max_connections: usize,
+
+    /// Invalid bearer tokens a client address may send per minute (as a burst, then one
+    /// every 60/N seconds); past it the address gets 429 `too-many-auth-failures` with
+    /// Retry-After, before any token lookup. 0 turns the limit off.
+    #[arg(
+        long,
+        env = "BACKEND_AUTH_FAILURE_LIMIT",
+        default_value_t = crate::ratelimit::DEFAULT_AUTH_FAILURES_PER_MINUTE,
+        value_name = "N"
+    )]
+    pub auth_failure_limit: u32,
+
+    /// Requests per minute one token may make (as a burst, then one every 60/N seconds);
+    /// past it 429 `too-many-requests` with Retry-After. 0 (the default) turns it off.
+    #[arg(
+        long,
+        env = "BACKEND_TOKEN_RATE_LIMIT",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    pub token_rate_limit: u32,
+
+    /// Longest shutdown after SIGINT/SIGTERM: readiness fails, connections drain, then
+    /// create handlers whose clients left finish, all within this. Stay under the
+    /// orchestrator's own grace period (Kubernetes: 30 s).
+    #[arg(
+        long,
+        env = "BACKEND_SHUTDOWN_GRACE",
+        default_value = "30s",
+        value_parser = parse_request_timeout,
+        value_name = "DURATION"
+    )]
+    pub shutdown_grace: Duration,
+
+    /// How long /readyz fails while everything else is still served, at the start of a
+    /// shutdown (so load balancers stop sending first); part of --shutdown-grace. `0s` skips it.
+    #[arg(
+        long,
+        env = "BACKEND_SHUTDOWN_READINESS_DELAY",
+        default_value = "5s",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION"
+    )]
+    pub shutdown_readiness_delay: Duration,
 
     /// Log format on stderr: `pretty` for people, `json` for log collectors. Filter with
     /// `RUST_LOG` (default `info`).
@@ -245,6 +315,14 @@ fn parse_request_timeout(value: &str) -> Result<Duration, String> {
         return Err("must be at least 100ms".to_owned());
     }
     Ok(timeout)
+}
+
+fn parse_max_connections(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn parse_body_limit(value: &str) -> Result<usize, String> {

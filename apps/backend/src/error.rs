@@ -9,59 +9,21 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde::{Deserialize, Serialize};
 use tower_idempotency::problem::ProblemKind;
-use utoipa::ToSchema;
+
+pub use self::{
+    document::{FieldError, ProblemDetails},
+    transient::is_transient,
+};
+
+mod document;
+mod transient;
 
 /// The prefix of every problem `type`; the slug follows (`.../problems/not-found`).
 pub const PROBLEM_TYPE_BASE: &str = "https://deployments.example.com/problems/";
 
 /// The media type of error responses.
 pub const PROBLEM_JSON: &str = "application/problem+json";
-
-/// An RFC 9457 problem document, as every error response carries it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({
-    "type": "https://deployments.example.com/problems/validation-failed",
-    "title": "Invalid deployment",
-    "status": 422,
-    "detail": "The request body has 1 invalid field.",
-    "errors": [{"field": "project", "message": "must not start or end with '-'"}]
-}))]
-pub struct ProblemDetails {
-    /// URI identifying the problem type; stable, match on it.
-    #[serde(rename = "type")]
-    pub type_uri: String,
-    /// Short summary of the problem type.
-    pub title: String,
-    /// The HTTP status code.
-    pub status: u16,
-    /// What happened in this occurrence.
-    pub detail: String,
-    /// The invalid fields (`validation-failed` and `invalid-parameter` only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub errors: Option<Vec<FieldError>>,
-}
-
-/// One invalid field of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct FieldError {
-    /// The field (body member or query parameter).
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl FieldError {
-    /// An error on `field`.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
 
 /// Why a request was refused, one variant per problem type.
 #[derive(Debug)]
@@ -78,7 +40,7 @@ pub enum AppError {
     MethodNotAllowed,
     /// 400: the body is not JSON, or not a JSON object.
     MalformedBody(String),
-    /// 400: the body is not declared as JSON.
+    /// 415: the body is not declared as JSON.
     UnsupportedContentType,
     /// 400: a query parameter is invalid.
     InvalidParameter(Vec<FieldError>),
@@ -90,6 +52,15 @@ pub enum AppError {
     Validation(Vec<FieldError>),
     /// 422: the idempotency key was already used for a different request.
     KeyReused,
+    /// 409: the deployment reached a final state; it takes no more statuses.
+    DeploymentFinished(&'static str),
+    /// 409: the deployment cannot move from its state to the requested one.
+    InvalidTransition {
+        /// The deployment's state.
+        from: &'static str,
+        /// The requested state.
+        to: &'static str,
+    },
     /// 503: a dependency (database, idempotency store) is unreachable.
     NotReady(String),
     /// 503: the database did not answer in time.
@@ -114,6 +85,8 @@ impl AppError {
             Self::Validation(_) => "validation-failed",
             // Must equal the layer's slug: the database guard reports the same condition.
             Self::KeyReused => "key-reused",
+            Self::DeploymentFinished(_) => "deployment-finished",
+            Self::InvalidTransition { .. } => "invalid-transition",
             Self::NotReady(_) => "not-ready",
             Self::DatabaseUnavailable(_) => "database-unavailable",
             Self::Internal(_) => "internal-error",
@@ -126,9 +99,9 @@ impl AppError {
             Self::MissingToken | Self::InvalidToken => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::MalformedBody(_) | Self::UnsupportedContentType | Self::InvalidParameter(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::MalformedBody(_) | Self::InvalidParameter(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::DeploymentFinished(_) | Self::InvalidTransition { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Validation(_) | Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -149,6 +122,8 @@ impl AppError {
             Self::RequestTimeout => "Request body timeout",
             Self::Validation(_) => "Invalid deployment",
             Self::KeyReused => ProblemKind::KeyReused.title(),
+            Self::DeploymentFinished(_) => "Deployment finished",
+            Self::InvalidTransition { .. } => "Invalid status transition",
             Self::NotReady(_) => "Service not ready",
             Self::DatabaseUnavailable(_) => "Database unavailable",
             Self::Internal(_) => "Internal server error",
@@ -188,10 +163,17 @@ impl AppError {
                                 different method, path, query or body. Use a new key for a new \
                                 request."
                 .to_owned(),
-            Self::NotReady(why) => why.clone(),
-            Self::DatabaseUnavailable(_) => {
-                "The database did not answer in time; nothing was changed. Retry later.".to_owned()
+            Self::DeploymentFinished(state) => {
+                format!("The deployment is `{state}`, a final state: it takes no more statuses.")
             }
+            Self::InvalidTransition { from, to } => format!(
+                "A `{from}` deployment cannot become `{to}`. Allowed: queued -> in_progress, \
+                 error or cancelled; in_progress -> success, failure, error or cancelled."
+            ),
+            Self::NotReady(why) => why.clone(),
+            Self::DatabaseUnavailable(_) => "The database is busy or unreachable; nothing was \
+                                             changed. Retry after `Retry-After` seconds."
+                .to_owned(),
             Self::Internal(_) => "The request failed unexpectedly.".to_owned(),
         }
     }
@@ -203,11 +185,13 @@ impl AppError {
             _ => None,
         };
         ProblemDetails {
-            type_uri: format!("{PROBLEM_TYPE_BASE}{}", self.slug()),
-            title: self.title().to_owned(),
-            status: self.status().as_u16(),
-            detail: self.detail(),
             errors,
+            ..ProblemDetails::new(
+                self.slug(),
+                self.title(),
+                self.status().as_u16(),
+                self.detail(),
+            )
         }
     }
 }
@@ -222,12 +206,10 @@ impl std::error::Error for AppError {}
 
 impl From<sqlx::Error> for AppError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            // Pool exhausted or the server unreachable: transient, worth a retry.
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                Self::DatabaseUnavailable(error)
-            }
-            other => Self::Internal(format!("database error: {other}")),
+        if is_transient(&error) {
+            Self::DatabaseUnavailable(error)
+        } else {
+            Self::Internal(format!("database error: {error}"))
         }
     }
 }
@@ -280,7 +262,6 @@ pub fn problem_response(problem: &ProblemDetails) -> Response {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,5 +294,14 @@ mod tests {
         );
         assert_eq!(json["status"], 422);
         assert_eq!(json["errors"][0]["field"], "project");
+        assert_eq!(json["code"], "validation-failed");
+        let text = serde_json::to_string(&AppError::KeyReused.to_problem()).unwrap();
+        assert!(
+            text.starts_with(
+                r#"{"type":"https://deployments.example.com/problems/key-reused","code":"key-reused","title":"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("errors"), "{text}");
     }
 }

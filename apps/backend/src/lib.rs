@@ -14,8 +14,13 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod http_metrics;
 pub mod idempotency;
 pub mod openapi;
+pub mod ratelimit;
+pub mod redact;
+pub mod request_id;
+pub mod server;
 pub mod telemetry;
 
 pub use self::{

@@ -1,4 +1,4 @@
-//! `backend`: serve the deployments API, mint API tokens, print the OpenAPI description, and
+//! `backend`: serve the deployments API, manage API tokens, print the OpenAPI description, and
 //! talk to a running API (`backend deploy ...`).
 
 use std::process::ExitCode;
@@ -6,17 +6,14 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use backend::{
     AppState, Db, Settings, app,
-    auth::create_token,
+    cli::tokens,
     config::{DatabaseArgs, ServeConfig},
     idempotency::{self, StoreSpec, build_store},
+    ratelimit::RateLimitConfig,
+    server::{ConnectionLimits, Readiness, serve_connections, shutdown_sequence},
     telemetry,
 };
 use clap::{Parser, Subcommand};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto::Builder as ConnectionBuilder, graceful::GracefulShutdown},
-    service::TowerToHyperService,
-};
 use tokio::net::TcpListener;
 
 /// Deployments API server.
@@ -50,11 +47,32 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
-    /// Mint an API token for USER and print it once on stdout. Only its SHA-256 hash is
-    /// stored, so it cannot be shown again; mint a new one if it is lost.
+    /// Mint an API token for USER and print it once on stdout (its id on stderr). Only its
+    /// SHA-256 hash is stored, so it cannot be shown again; mint a new one if it is lost.
     Create {
         /// The user id the token authenticates as.
         user: String,
+        /// A label for the listing (what the token is for).
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime, e.g. `30d`, `12h`; after it the token gets 401. Default: no expiry.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        expires_in: Option<std::time::Duration>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List the tokens (of USER, if given): id, user, name, created, last used (to the
+    /// minute), expires, status. Never the token nor its hash.
+    List {
+        /// Only this user's tokens.
+        user: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Revoke the token ID (from `token list`): it gets 401 from now on.
+    Revoke {
+        /// The token's id (`tok_...`).
+        id: String,
         #[command(flatten)]
         database: DatabaseArgs,
     },
@@ -66,7 +84,12 @@ fn main() -> ExitCode {
         // --help and --version exit 0. A wrong command line exits 1, not clap's 2, which
         // `backend deploy` keeps for "gave up on transient failures: retry later".
         Err(error) => {
-            let _ = error.print();
+            // clap quotes a rejected value, which may be a URL with a password.
+            if error.use_stderr() {
+                eprint!("{}", backend::redact::text(&error.render().to_string()));
+            } else {
+                let _ = error.print();
+            }
             return if error.use_stderr() {
                 ExitCode::FAILURE
             } else {
@@ -88,9 +111,7 @@ fn main() -> ExitCode {
         match cli.command {
             None => serve(cli.serve).await,
             Some(Command::Serve(config)) => serve(config).await,
-            Some(Command::Token(TokenCommand::Create { user, database })) => {
-                token_create(&user, &database).await
-            }
+            Some(Command::Token(command)) => token(command).await,
             Some(Command::Openapi) => {
                 let yaml = backend::openapi::yaml().map_err(anyhow::Error::msg)?;
                 print!("{yaml}");
@@ -104,7 +125,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", backend::redact::text(&format!("{error:#}")));
             ExitCode::FAILURE
         }
     }
@@ -121,7 +142,13 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         max_body_bytes: config.max_body_bytes,
         request_timeout: config.request_timeout,
     };
-    let state = AppState::new(db.clone(), idempotency.records.clone()).with_settings(settings);
+    let state = AppState::new(db.clone(), idempotency.records.clone())
+        .with_settings(settings)
+        .with_require_idempotency_key(config.require_idempotency_key)
+        .with_rate_limits(RateLimitConfig {
+            auth_failures_per_minute: config.auth_failure_limit,
+            requests_per_token_per_minute: config.token_rate_limit,
+        });
     // Refuse a configuration the layer cannot keep its promise with (a memory budget too
     // small for the response limit, say) with a message, before listening.
     idempotency::validate(&state).context("invalid idempotency configuration")?;
@@ -132,17 +159,45 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tracing::info!(
         address = %listener.local_addr()?,
         database = db.kind(),
-        // The kind only: a store URL may carry a password.
+        // Which file or server, never a password (a relative SQLite path is resolved against
+        // the working directory, which is what this shows).
+        database_location = %db.describe(),
         idempotency_store = spec.kind(),
+        idempotency_store_url = %backend::redact::spec(&config.idempotency_store),
+        max_connections = config.max_connections,
+        auth_failure_limit = config.auth_failure_limit,
+        token_rate_limit = config.token_rate_limit,
+        header_timeout = %humantime::format_duration(config.header_timeout),
         idempotency_ttl = %humantime::format_duration(config.idempotency_ttl),
         max_body_bytes = config.max_body_bytes,
         request_timeout = %humantime::format_duration(config.request_timeout),
         "listening"
     );
-    serve_connections(listener, app(state), config.header_timeout).await;
+    let limits = ConnectionLimits {
+        header_timeout: config.header_timeout,
+        max_connections: config.max_connections,
+    };
+    // The shutdown's order: readiness fails, connections drain, detached handlers finish,
+    // all within --shutdown-grace of the signal (see `shutdown_sequence`).
+    let readiness = Readiness::default();
+    let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel();
+    let shutdown = async {
+        let deadline = shutdown_sequence(
+            readiness.clone(),
+            config.shutdown_readiness_delay,
+            config.shutdown_grace,
+        )
+        .await;
+        let _ = deadline_tx.send(deadline);
+        deadline
+    };
+    serve_connections(listener, readiness.guard(app(state)), limits, shutdown).await;
+    let deadline = deadline_rx
+        .await
+        .unwrap_or_else(|_| std::time::Instant::now() + config.shutdown_grace);
     // Create handlers whose clients left run on; let them finish and store their responses
     // (or commit their transactions), so their keys are not left to expire by the lease.
-    if tokio::time::timeout(SHUTDOWN_GRACE, handler_tasks.wait_idle())
+    if tokio::time::timeout_at(deadline.into(), handler_tasks.wait_idle())
         .await
         .is_err()
     {
@@ -158,94 +213,23 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves HTTP/1.1 and HTTP/2 connections until SIGINT or SIGTERM, then lets the open
-/// connections finish their requests. Unlike `axum::serve`, it gives hyper a timer, which
-/// hyper needs to close connections whose headers do not arrive within `header_timeout`.
-async fn serve_connections(
-    listener: TcpListener,
-    router: axum::Router,
-    header_timeout: std::time::Duration,
-) {
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
-    let mut builder = ConnectionBuilder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(%error, "cannot accept a connection");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(error = %error, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the shutdown grace period");
-    }
-}
-
-/// How long shutdown waits for create handlers that outlived their clients.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what orchestrators send); the server then stops
-/// accepting connections and lets in-flight requests finish.
-async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
+async fn token(command: TokenCommand) -> anyhow::Result<()> {
+    let database = match &command {
+        TokenCommand::Create { database, .. }
+        | TokenCommand::List { database, .. }
+        | TokenCommand::Revoke { database, .. } => database,
     };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => tracing::info!("SIGINT received; shutting down gracefully"),
-        () = terminate => tracing::info!("SIGTERM received; shutting down gracefully"),
-    }
-}
-
-async fn token_create(user: &str, database: &DatabaseArgs) -> anyhow::Result<()> {
     let db = Db::connect(&database.database_url).await?;
-    let token = create_token(&db, user).await;
+    let result = match &command {
+        TokenCommand::Create {
+            user,
+            name,
+            expires_in,
+            ..
+        } => tokens::create(&db, user, name.as_deref(), *expires_in).await,
+        TokenCommand::List { user, .. } => tokens::list(&db, user.as_deref()).await,
+        TokenCommand::Revoke { id, .. } => tokens::revoke(&db, id).await,
+    };
     db.close().await;
-    let token = token?;
-    // stdout carries the token alone, so `TOKEN=$(backend token create alice)` works.
-    println!("{token}");
-    eprintln!("Created an API token for user `{user}`. It is shown only once; store it now.");
-    Ok(())
+    result
 }

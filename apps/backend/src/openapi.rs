@@ -16,7 +16,9 @@ use utoipa::{
     Modify, OpenApi,
     openapi::{
         RefOr,
+        header::HeaderBuilder,
         path::Operation,
+        schema::{ObjectBuilder, Type},
         security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
     },
 };
@@ -32,25 +34,31 @@ use crate::api::{deployments, health};
             Every error is an RFC 9457 problem (`application/problem+json`) whose `type` is \
             `https://deployments.example.com/problems/<slug>`; match on `type`, not on \
             `title` or `detail`. Slugs: `unauthenticated`, `not-found`, \
-            `method-not-allowed`, `malformed-body`, `unsupported-content-type`, \
+            `method-not-allowed`, `malformed-body`, `unsupported-content-type` (415), \
             `invalid-parameter`, `request-timeout`, `request-too-large`, `validation-failed`, \
-            `not-ready`, `database-unavailable`, `internal-error`, and those of idempotent \
-            requests: `key-invalid`, `key-in-use`, `key-reused`, `scope-missing`, \
+            `deployment-finished`, `invalid-transition`, `not-ready`, `database-unavailable` \
+            (503 with `Retry-After`: the database is busy, locked or unreachable; retry), \
+            `internal-error`, and those of idempotent requests: `key-invalid`, \
+            `key-required` (with `--require-idempotency-key`), `key-in-use`, `key-reused`, \
+            `scope-missing`, \
             `request-unreadable`, `response-not-kept`, `store-unavailable`, `store-full`, \
             `handler-failed`, `record-corrupt`, and, with the `database` idempotency store, \
-            `transaction-failed`, `outcome-unknown`, `handler-timed-out`.",
+            `transaction-failed`, `outcome-unknown`, `handler-timed-out`. Every problem also \
+            carries that slug as `code`, beside `type`. Every response carries `x-request-id`.",
         license(name = "MIT OR Apache-2.0"),
     ),
     paths(
         deployments::create::create,
         deployments::read::list,
         deployments::read::show,
+        deployments::statuses::add_status,
+        deployments::statuses::list_statuses,
         health::healthz,
         health::readyz,
         health::metrics,
         health::openapi_yaml,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &RequestIdHeader),
     tags(
         (name = "deployments", description = "Deployments of the authenticated user."),
         (name = "operations", description = "Probes, metrics and this description; no authentication."),
@@ -79,6 +87,47 @@ impl Modify for BearerAuth {
         );
     }
 }
+
+/// `x-request-id` on every response of every operation: the server sets it on every answer
+/// (propagated from the request, or generated), so it is declared once, here.
+#[derive(Debug)]
+struct RequestIdHeader;
+
+impl Modify for RequestIdHeader {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let header = HeaderBuilder::new()
+            .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .description(Some(
+                "The request's id: the client's `x-request-id` if it sent a valid one, \
+                 generated otherwise; every log line of the request names it.",
+            ))
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for response in operation.responses.responses.values_mut() {
+                    if let RefOr::T(response) = response {
+                        response
+                            .headers
+                            .entry(REQUEST_ID_HEADER.to_owned())
+                            .or_insert_with(|| RefOr::T(header.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The response header naming the request.
+const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// How the committed description states the TTL of an idempotency key. Every mention of it
 /// in the annotations is exactly this text, which [`served_yaml`] replaces.

@@ -155,6 +155,7 @@ pub fn metrics_handle() -> PrometheusHandle {
                 tracing::warn!(%error, "another metrics recorder is installed; /metrics will be empty");
             }
             register_metrics();
+            crate::http_metrics::describe();
             // Histograms and summaries need periodic upkeep, or they grow without bound.
             let upkeep = handle.clone();
             let spawned = std::thread::Builder::new()

@@ -644,7 +644,7 @@ async fn malformed_requests_are_problems(backend: Backend) {
         .send()
         .await
         .unwrap();
-    expect_problem(text, 400, "unsupported-content-type").await;
+    expect_problem(text, 415, "unsupported-content-type").await;
     let missing = server.create(&alice, None, &json!({})).await;
     let problem = expect_problem(missing, 422, "validation-failed").await;
     assert_eq!(problem["errors"].as_array().unwrap().len(), 3);

@@ -16,7 +16,7 @@ use std::{
 
 use backend::Settings;
 use common::{
-    Backend, Executions, TYPE_BASE, TestDb, TestServer, deployment, expect_problem, token,
+    Backend, Executions, Store, TYPE_BASE, TestDb, TestServer, deployment, expect_problem, token,
 };
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
@@ -39,6 +39,8 @@ backend_tests!(
     wrong_content_types,
     nul_characters_are_refused_not_stored,
     users_never_see_each_others_responses,
+    hostile_status_reports,
+    hostile_ids_and_queries,
 );
 
 /// Acceptable answers: (status, problem slug), an empty slug for a bare answer from hyper.
@@ -100,6 +102,10 @@ fn check_answer(status: u16, content_type: &str, body: &[u8], allowed: Allowed<'
         let slug = type_uri.strip_prefix(TYPE_BASE).unwrap_or_else(|| {
             panic!("{what}: problem type outside the API's namespace: {problem}")
         });
+        assert_eq!(
+            problem["code"], slug,
+            "{what}: every problem carries its code"
+        );
         assert!(
             allowed.contains(&(status, slug)),
             "{what}: got {status} `{slug}`, expected one of {allowed:?}: {problem}"
@@ -1120,10 +1126,7 @@ async fn wrong_content_types(backend: Backend) {
     let server = TestServer::spawn(&t).await;
     let alice = token(&t.db, "alice").await;
     let body = body_bytes("typed");
-    let refused: Allowed<'_> = &[
-        (400, "unsupported-content-type"),
-        (415, "unsupported-content-type"),
-    ];
+    let refused: Allowed<'_> = &[(415, "unsupported-content-type")];
 
     let types: [Option<&[u8]>; 12] = [
         None,
@@ -1462,4 +1465,163 @@ fn request_timeout_is_a_setting() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("--request-timeout"), "{bad}: {stderr}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Status reports, ids and list queries
+// ---------------------------------------------------------------------------------------
+
+async fn statuses_of(t: &TestDb, id: &str) -> i64 {
+    let sql_sqlite = "SELECT COUNT(*) FROM deployment_statuses WHERE deployment_id = ?";
+    let sql_postgres = "SELECT COUNT(*) FROM deployment_statuses WHERE deployment_id = $1";
+    match &t.db {
+        backend::Db::Sqlite(pool) => {
+            sqlx::query_scalar(sql_sqlite)
+                .bind(id)
+                .fetch_one(pool)
+                .await
+        }
+        backend::Db::Postgres(pool) => {
+            sqlx::query_scalar(sql_postgres)
+                .bind(id)
+                .fetch_one(pool)
+                .await
+        }
+    }
+    .unwrap()
+}
+
+async fn hostile_status_reports(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let server = TestServer::spawn_store(&t, Settings::default(), Store::Database, &[]).await;
+    let alice = token(&t.db, "alice").await;
+    let created: Value = server
+        .create(&alice, None, &deployment("target"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let url = server.url(&format!("/api/deployments/{id}/statuses"));
+    let refused: Allowed<'_> = &[
+        (400, "malformed-body"),
+        (422, "validation-failed"),
+        (409, "invalid-transition"),
+        (413, "request-too-large"),
+    ];
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let bodies: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"null".to_vec(),
+        b"[]".to_vec(),
+        b"\"in_progress\"".to_vec(),
+        br#"{"state":"in_progress","state":"success"}"#.to_vec(),
+        br#"{"state":"in_progress\u0000"}"#.to_vec(),
+        br#"{"state":"IN_PROGRESS"}"#.to_vec(),
+        br#"{"state":["in_progress"]}"#.to_vec(),
+        br#"{"state":"success"}"#.to_vec(),
+        br#"{"state":"in_progress","log_url":"https://x/\u0000"}"#.to_vec(),
+        br#"{"state":"in_progress","log_url":"https://\u00e9"}"#.to_vec(),
+        format!(
+            r#"{{"state":"in_progress","log_url":"https://{}"}}"#,
+            "a".repeat(3000)
+        )
+        .into_bytes(),
+        format!(
+            r#"{{"state":"in_progress","description":"{}"}}"#,
+            "x".repeat(1001)
+        )
+        .into_bytes(),
+        deep.into_bytes(),
+        vec![0xff, 0xfe, b'{'],
+        vec![b' '; 2 * 1024 * 1024],
+    ];
+    for (i, body) in bodies.into_iter().enumerate() {
+        let what = format!("status body #{i}");
+        let response = server
+            .client
+            .post(&url)
+            .bearer_auth(&alice)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", format!("hostile-{i}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        expect_4xx(response, refused, &what).await;
+    }
+    assert_eq!(statuses_of(&t, &id).await, 0, "nothing was added");
+    // Every refusal freed its key: a valid report with one of them runs.
+    let fine = server
+        .client
+        .post(&url)
+        .bearer_auth(&alice)
+        .header("idempotency-key", "hostile-1")
+        .json(&serde_json::json!({"state": "in_progress"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fine.status(), StatusCode::CREATED);
+    assert_alive(&server).await;
+    server.stop().await;
+}
+
+async fn hostile_ids_and_queries(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let server = TestServer::spawn(&t).await;
+    let alice = token(&t.db, "alice").await;
+    let long = "a".repeat(10_000);
+    for id in [
+        "%00",
+        "a%00b",
+        "%ff%fe",
+        "..%2f..%2fetc",
+        "%27%20OR%201=1--",
+        "%F0%9F%92%A5",
+        long.as_str(),
+    ] {
+        for path in [
+            format!("/api/deployments/{id}"),
+            format!("/api/deployments/{id}/statuses"),
+        ] {
+            let response = server.get(&alice, &path).await;
+            expect_4xx(response, &[(404, "not-found")], &path).await;
+        }
+        let response = server
+            .client
+            .post(server.url(&format!("/api/deployments/{id}/statuses")))
+            .bearer_auth(&alice)
+            .json(&serde_json::json!({"state": "in_progress"}))
+            .send()
+            .await
+            .unwrap();
+        expect_4xx(response, &[(404, "not-found")], id).await;
+    }
+    let many = vec!["project=a"; 5000].join("&");
+    for query in [
+        "project=%00",
+        "ref=%00",
+        "status=%ff",
+        "%ff=1",
+        "=",
+        "project",
+        "limit=-1",
+        "limit=99999999999999999999",
+        "cursor=%00",
+        "cursor=djI6JyBPUiAxPTEtLQ",
+        many.as_str(),
+    ] {
+        let response = server
+            .get(&alice, &format!("/api/deployments?{query}"))
+            .await;
+        let what = format!("query {}", &query[..query.len().min(60)]);
+        expect_4xx(response, &[(400, "invalid-parameter")], &what).await;
+    }
+    // Separators alone are no parameters at all.
+    assert_eq!(
+        server.get(&alice, "/api/deployments?&&").await.status(),
+        StatusCode::OK
+    );
+    assert_alive(&server).await;
+    server.stop().await;
 }

@@ -140,11 +140,13 @@ fn every_route_is_described() {
     let expected = [
         ("get", "/api/deployments"),
         ("get", "/api/deployments/{id}"),
+        ("get", "/api/deployments/{id}/statuses"),
         ("get", "/healthz"),
         ("get", "/metrics"),
         ("get", "/openapi.yaml"),
         ("get", "/readyz"),
         ("post", "/api/deployments"),
+        ("post", "/api/deployments/{id}/statuses"),
     ];
     let expected: Vec<_> = expected
         .iter()

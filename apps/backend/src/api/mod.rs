@@ -4,6 +4,7 @@ use std::fmt;
 
 pub mod deployments;
 pub mod health;
+pub mod responses;
 
 use axum::{
     body::Bytes,

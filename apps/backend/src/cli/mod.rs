@@ -15,5 +15,6 @@ pub mod json;
 pub mod list;
 pub mod report;
 pub mod retry_command;
+pub mod tokens;
 
 pub use self::{args::DeployArgs, deploy::run};

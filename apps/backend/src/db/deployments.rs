@@ -1,8 +1,10 @@
-//! The `deployments` table.
+//! The `deployments` table, and ([`statuses`]) what runners report about each deployment.
+
+pub mod statuses;
 
 use std::time::Duration;
 
-use sqlx::FromRow;
+use sqlx::{FromRow, QueryBuilder};
 use time::OffsetDateTime;
 
 use super::Db;
@@ -33,6 +35,33 @@ pub struct DeploymentRecord {
     pub status: String,
     /// Creation time, whole milliseconds, UTC.
     pub created_at: OffsetDateTime,
+}
+
+/// What the list endpoint keeps: every given member must match exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Project slug.
+    pub project: Option<String>,
+    /// Environment slug.
+    pub environment: Option<String>,
+    /// Lifecycle status.
+    pub status: Option<String>,
+    /// Git ref or image.
+    pub git_ref: Option<String>,
+}
+
+impl ListFilter {
+    /// `(column, value)` of every given member.
+    fn clauses(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("project", &self.project),
+            ("environment", &self.environment),
+            ("status", &self.status),
+            ("git_ref", &self.git_ref),
+        ]
+        .into_iter()
+        .filter_map(|(column, value)| value.as_deref().map(|value| (column, value)))
+    }
 }
 
 /// A deployment to insert.
@@ -197,6 +226,51 @@ impl<'a> Deployments<'a> {
                     .bind(user_id)
                     .bind(before)
                     .bind(limit)
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+    }
+
+    /// Up to `limit` of the user's deployments matching `filter`, newest first, starting
+    /// after their deployment `after_id` (keyset pagination: stable while new deployments
+    /// arrive; an `after_id` that is not theirs yields nothing).
+    pub async fn list_matching(
+        &self,
+        user_id: &str,
+        filter: &ListFilter,
+        after_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeploymentRecord>, sqlx::Error> {
+        // The same clauses for both dialects; QueryBuilder writes each one's placeholders.
+        macro_rules! build {
+            ($db:ty) => {{
+                let mut query = QueryBuilder::<$db>::new(format!(
+                    "SELECT {COLUMNS} FROM deployments WHERE user_id = "
+                ));
+                query.push_bind(user_id);
+                for (column, value) in filter.clauses() {
+                    query
+                        .push(format_args!(" AND {column} = "))
+                        .push_bind(value);
+                }
+                if let Some(after_id) = after_id {
+                    query
+                        .push(" AND seq < (SELECT seq FROM deployments WHERE user_id = ")
+                        .push_bind(user_id)
+                        .push(" AND id = ")
+                        .push_bind(after_id)
+                        .push(")");
+                }
+                query.push(" ORDER BY seq DESC LIMIT ").push_bind(limit);
+                query
+            }};
+        }
+        match self.db {
+            Db::Sqlite(pool) => build!(sqlx::Sqlite).build_query_as().fetch_all(pool).await,
+            Db::Postgres(pool) => {
+                build!(sqlx::Postgres)
+                    .build_query_as()
                     .fetch_all(pool)
                     .await
             }

@@ -125,6 +125,31 @@ impl Db {
         }
     }
 
+    /// Which database this is, for the startup log, without credentials: the SQLite file
+    /// (absolute: a relative `sqlite://` path is relative to the working directory), or the
+    /// PostgreSQL user, server and database.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(pool) => {
+                let file = pool.connect_options().get_filename().to_owned();
+                std::path::absolute(&file)
+                    .unwrap_or(file)
+                    .display()
+                    .to_string()
+            }
+            Self::Postgres(pool) => {
+                let options = pool.connect_options();
+                format!(
+                    "postgres://{}@{}:{}/{}",
+                    options.get_username(),
+                    options.get_host(),
+                    options.get_port(),
+                    options.get_database().unwrap_or_default()
+                )
+            }
+        }
+    }
+
     /// The `deployments` table.
     pub fn deployments(&self) -> Deployments<'_> {
         Deployments::new(self)
@@ -146,16 +171,7 @@ pub fn now() -> OffsetDateTime {
 
 /// `url` without its password, for error messages.
 pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(start), Some(at)) if at > start => {
-            let credentials = &url[start + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..start + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
+    crate::redact::url(url)
 }
 
 #[cfg(test)]

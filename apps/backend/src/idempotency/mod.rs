@@ -86,6 +86,7 @@ fn configured<St>(layer: IdempotencyLayer<St>, state: &AppState) -> IdempotencyL
         .ttl(state.settings.idempotency_ttl)
         .with_handler_tasks(state.handler_tasks.clone())
         .max_request_body(state.settings.max_body_bytes)
+        .require_key(state.require_idempotency_key)
         .problem_type_base(PROBLEM_TYPE_BASE)
         .problem_responder(render_problem)
 }

@@ -132,3 +132,30 @@ pub async fn expect_problem(response: Response, status: u16, slug: &str) -> Valu
     assert!(problem["detail"].is_string(), "problem: {problem}");
     problem
 }
+
+/// `POST /api/deployments/{id}/statuses` with `body` as JSON (and `key`, if any).
+pub async fn add_status(
+    server: &TestServer,
+    token: &str,
+    id: &str,
+    key: Option<&str>,
+    body: &Value,
+) -> Response {
+    let mut request = server
+        .client
+        .post(server.url(&format!("/api/deployments/{id}/statuses")))
+        .bearer_auth(token)
+        .json(body);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    request.send().await.expect("send")
+}
+
+/// Creates a deployment of `project` and returns its id.
+pub async fn create_id(server: &TestServer, token: &str, project: &str) -> String {
+    let response = server.create(token, None, &deployment(project)).await;
+    assert_eq!(response.status().as_u16(), 201, "create {project}");
+    let created: Value = response.json().await.expect("a deployment");
+    created["id"].as_str().expect("an id").to_owned()
+}

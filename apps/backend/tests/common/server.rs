@@ -183,6 +183,8 @@ impl TestServer {
             .env_clear()
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "warn,backend=info")
+            // Tests stop servers often: no readiness delay unless a test asks (a flag wins).
+            .env("BACKEND_SHUTDOWN_READINESS_DELAY", "0s")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
@@ -416,5 +418,34 @@ impl Drop for TestServer {
                 }
             }
         }
+    }
+}
+
+impl TestServer {
+    /// Like [`spawn_store`](Self::spawn_store), on `database_url` instead of the test's own
+    /// URL (the same database with a password in it, say).
+    pub async fn spawn_on(
+        database_url: &str,
+        settings: Settings,
+        store: Store,
+        extra: &[&str],
+    ) -> Self {
+        Self::spawn_process(Launch {
+            database_url: database_url.to_owned(),
+            settings,
+            store,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        })
+        .await
+    }
+}
+
+impl TestServer {
+    /// The process id of a spawned server (to signal it).
+    pub fn pid(&self) -> u32 {
+        let Runner::Process { child, .. } = &self.runner else {
+            panic!("only a spawned server has a process");
+        };
+        child.as_ref().expect("a running server").id()
     }
 }

@@ -108,20 +108,23 @@ fn created(record: &DeploymentRecord, replayed: bool) -> Result<Response, AppErr
         ),
         (
             status = 400,
-            description = "The body is not a JSON object or not sent as `application/json` \
-                (`malformed-body`, `unsupported-content-type`), or the Idempotency-Key \
-                header is malformed (`key-invalid`). Nothing was executed.",
+            description = "The body is not a JSON object (`malformed-body`), or the \
+                Idempotency-Key header is malformed (`key-invalid`) or, on a server started \
+                with `--require-idempotency-key`, missing (`key-required`). Nothing was \
+                executed.",
             body = ProblemDetails,
             content_type = "application/problem+json",
             examples(
                 ("key-invalid" = (value = json!({
                     "type": "https://deployments.example.com/problems/key-invalid",
+                    "code": "key-invalid",
                     "title": "Invalid Idempotency-Key",
                     "status": 400,
                     "detail": "The Idempotency-Key is longer than 255 characters."
                 }))),
                 ("malformed-body" = (value = json!({
                     "type": "https://deployments.example.com/problems/malformed-body",
+                    "code": "malformed-body",
                     "title": "Malformed request body",
                     "status": 400,
                     "detail": "The request body is not valid JSON: EOF while parsing an object at line 1 column 1."
@@ -135,6 +138,7 @@ fn created(record: &DeploymentRecord, replayed: bool) -> Result<Response, AppErr
             content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "`Bearer`")),
         ),
+        crate::api::responses::RateLimited,
         (
             status = 409,
             description = "A request with this Idempotency-Key is still running \
@@ -148,6 +152,13 @@ fn created(record: &DeploymentRecord, replayed: bool) -> Result<Response, AppErr
             description = "The body did not arrive within the time limit (`request-timeout`, \
                 default 30 s). Nothing was executed and the Idempotency-Key stays free: retry \
                 with the same key.",
+            body = ProblemDetails,
+            content_type = "application/problem+json",
+        ),
+        (
+            status = 415,
+            description = "The body is not sent as `application/json` \
+                (`unsupported-content-type`). Nothing was executed.",
             body = ProblemDetails,
             content_type = "application/problem+json",
         ),
@@ -168,6 +179,7 @@ fn created(record: &DeploymentRecord, replayed: bool) -> Result<Response, AppErr
             examples(
                 ("validation-failed" = (value = json!({
                     "type": "https://deployments.example.com/problems/validation-failed",
+                    "code": "validation-failed",
                     "title": "Invalid deployment",
                     "status": 422,
                     "detail": "The request body has 1 invalid field.",
@@ -175,6 +187,7 @@ fn created(record: &DeploymentRecord, replayed: bool) -> Result<Response, AppErr
                 }))),
                 ("key-reused" = (value = json!({
                     "type": "https://deployments.example.com/problems/key-reused",
+                    "code": "key-reused",
                     "title": "Idempotency-Key reused with a different request",
                     "status": 422,
                     "detail": "This Idempotency-Key was already used for a request with a different method, path, query or body. Use a new key for a new request."
@@ -204,18 +217,21 @@ fn created(record: &DeploymentRecord, replayed: bool) -> Result<Response, AppErr
             examples(
                 ("transaction-failed" = (value = json!({
                     "type": "https://deployments.example.com/problems/transaction-failed",
+                    "code": "transaction-failed",
                     "title": "Request rolled back",
                     "status": 503,
                     "detail": "The request's changes could not be committed and were rolled back: nothing took effect. Retry later with the same key."
                 }))),
                 ("outcome-unknown" = (value = json!({
                     "type": "https://deployments.example.com/problems/outcome-unknown",
+                    "code": "outcome-unknown",
                     "title": "Request outcome unknown",
                     "status": 503,
                     "detail": "The connection to the database broke while the request's changes were being committed, so they may or may not have taken effect. Retry with the same key: the retry replays the response if they did, and executes the request if they did not."
                 }))),
                 ("handler-timed-out" = (value = json!({
                     "type": "https://deployments.example.com/problems/handler-timed-out",
+                    "code": "handler-timed-out",
                     "title": "Request took too long and was rolled back",
                     "status": 503,
                     "detail": "The request ran longer than allowed and was rolled back: nothing took effect. Retry later with the same key."

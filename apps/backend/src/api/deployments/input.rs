@@ -148,7 +148,7 @@ fn check(
 }
 
 /// DNS-label-like: safe in URLs, hostnames and metric labels.
-fn validate_slug(value: &str) -> Result<(), String> {
+pub(super) fn validate_slug(value: &str) -> Result<(), String> {
     if value.is_empty() || value.len() > SLUG_MAX {
         return Err(format!("must be 1-{SLUG_MAX} characters long"));
     }
@@ -164,7 +164,7 @@ fn validate_slug(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_ref(value: &str) -> Result<(), String> {
+pub(super) fn validate_ref(value: &str) -> Result<(), String> {
     let length = value.chars().count();
     if length == 0 || length > REF_MAX {
         return Err(format!("must be 1-{REF_MAX} characters long"));
@@ -175,7 +175,7 @@ fn validate_ref(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_description(value: &str) -> Result<(), String> {
+pub(super) fn validate_description(value: &str) -> Result<(), String> {
     if value.chars().count() > DESCRIPTION_MAX {
         return Err(format!("must be at most {DESCRIPTION_MAX} characters"));
     }

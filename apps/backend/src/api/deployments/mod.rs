@@ -4,11 +4,17 @@
 //! - [`create`](mod@create): `POST /api/deployments` (behind the idempotency layer);
 //! - [`writer`]: the connection a create writes through (the request's lent transaction, or
 //!   the pool);
-//! - [`read`]: `GET /api/deployments` and `GET /api/deployments/{id}`.
+//! - [`read`]: `GET /api/deployments` and `GET /api/deployments/{id}` (with its ETag);
+//! - [`list_query`]: the list's query parameters and its cursor;
+//! - [`lifecycle`]: the states, their transitions, the body of a status report;
+//! - [`statuses`]: `POST` and `GET /api/deployments/{id}/statuses`.
 
 pub mod create;
 pub mod input;
+pub mod lifecycle;
+pub mod list_query;
 pub mod read;
+pub mod statuses;
 pub mod writer;
 
 use serde::{Deserialize, Serialize};
@@ -18,7 +24,10 @@ use utoipa::ToSchema;
 pub use self::{
     create::create,
     input::CreateDeployment,
-    read::{DeploymentPage, ListParams, list, show},
+    lifecycle::{DeploymentStatus, NewStatusInput},
+    list_query::ListParams,
+    read::{DeploymentPage, list, show},
+    statuses::{StatusReport, add_status, list_statuses},
     writer::Writer,
 };
 use crate::{db::deployments::DeploymentRecord, error::AppError};
@@ -32,20 +41,11 @@ pub const MAX_PAGE_SIZE: u32 = 100;
 const CREATED_AT_FORMAT: &[BorrowedFormatItem<'_>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
 
-/// Lifecycle of a deployment. New deployments are `queued`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum DeploymentStatus {
-    /// Accepted, waiting for a runner.
-    Queued,
-}
-
-impl DeploymentStatus {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-        }
-    }
+/// `at` as the API spells instants: RFC 3339, UTC, milliseconds.
+pub(crate) fn format_time(at: time::OffsetDateTime) -> Result<String, AppError> {
+    at.to_offset(UtcOffset::UTC)
+        .format(CREATED_AT_FORMAT)
+        .map_err(|e| AppError::Internal(format!("cannot format a timestamp: {e}")))
 }
 
 /// A deployment.
@@ -72,7 +72,7 @@ pub struct Deployment {
     /// Free text; `null` when none was given.
     #[schema(required = true)]
     pub description: Option<String>,
-    /// Lifecycle status.
+    /// Lifecycle status: the state of its newest status report, `queued` before the first.
     pub status: DeploymentStatus,
     /// Creation time, RFC 3339 in UTC with milliseconds.
     #[schema(format = DateTime)]
@@ -81,15 +81,9 @@ pub struct Deployment {
 
 impl Deployment {
     pub(crate) fn from_record(record: &DeploymentRecord) -> Result<Self, AppError> {
-        let status = match record.status.as_str() {
-            "queued" => DeploymentStatus::Queued,
-            other => return Err(AppError::Internal(format!("unknown status `{other}`"))),
-        };
-        let created_at = record
-            .created_at
-            .to_offset(UtcOffset::UTC)
-            .format(CREATED_AT_FORMAT)
-            .map_err(|e| AppError::Internal(format!("cannot format a timestamp: {e}")))?;
+        let status = DeploymentStatus::parse(&record.status)
+            .ok_or_else(|| AppError::Internal(format!("unknown status `{}`", record.status)))?;
+        let created_at = format_time(record.created_at)?;
         Ok(Self {
             id: record.id.clone(),
             project: record.project.clone(),

@@ -3,30 +3,24 @@
 use axum::{
     Extension, Json,
     extract::{Path, Query, State, rejection::PathRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
 };
-use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use sha2::{Digest as _, Sha256};
+use utoipa::ToSchema;
 
-use super::{DEFAULT_PAGE_SIZE, Deployment, MAX_PAGE_SIZE};
+use super::{
+    Deployment, ListParams,
+    list_query::{self, encode_cursor},
+    statuses::deployment_id,
+};
 use crate::{
+    api::responses::{DatabaseUnavailable, DeploymentNotFound, RateLimited, Unauthenticated},
     app::AppState,
     auth::AuthUser,
     error::{AppError, FieldError, ProblemDetails},
 };
-
-/// Query parameters of `GET /api/deployments`, as sent (validated by the handler so that
-/// errors are problems naming the parameter).
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListParams {
-    /// Page size, 1-100 (default 20).
-    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
-    pub limit: Option<String>,
-    /// `next_cursor` of the previous page; omit for the first page.
-    #[param(min_length = 1, pattern = r"^[A-Za-z0-9_-]+$")]
-    pub cursor: Option<String>,
-}
 
 /// One page of deployments, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -45,50 +39,50 @@ pub struct DeploymentPage {
     tag = "deployments",
     operation_id = "listDeployments",
     summary = "List your deployments, newest first",
+    description = "One page of your deployments, newest first, optionally only those matching \
+        every given filter (`project`, `environment`, `status`, `ref`: exact matches). Pass \
+        `next_cursor` as `cursor`, with the same filters, for the next page. An unknown, \
+        repeated or invalid parameter is 400 `invalid-parameter`, naming it in `errors`.",
     params(ListParams),
     responses(
         (status = 200, description = "A page of deployments.", body = DeploymentPage),
         (
             status = 400,
-            description = "Invalid `limit` or `cursor` (`invalid-parameter`).",
+            description = "An unknown, repeated or invalid query parameter \
+                (`invalid-parameter`, naming each in `errors`).",
             body = ProblemDetails,
             content_type = "application/problem+json",
         ),
-        (
-            status = 401,
-            description = "No valid bearer token (`unauthenticated`).",
-            body = ProblemDetails,
-            content_type = "application/problem+json",
-            headers(("WWW-Authenticate" = String, description = "`Bearer`")),
-        ),
-        (
-            status = 503,
-            description = "The database is unavailable (`database-unavailable`).",
-            body = ProblemDetails,
-            content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying.")),
-        ),
+        Unauthenticated,
+        RateLimited,
+        DatabaseUnavailable,
     ),
     security(("bearer" = [])),
 )]
 pub async fn list(
     State(state): State<AppState>,
     Extension(user): Extension<AuthUser>,
-    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+    pairs: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<DeploymentPage>, AppError> {
-    let Query(params) = params.map_err(|rejection| {
+    let Query(pairs) = pairs.map_err(|rejection| {
         AppError::InvalidParameter(vec![FieldError::new("query", rejection.body_text())])
     })?;
-    let (limit, before) = parse_list_params(&params)?;
+    let query = list_query::parse(&pairs).map_err(AppError::InvalidParameter)?;
+    let limit = query.limit as usize;
     // One extra row tells whether another page follows.
     let mut records = state
         .db
         .deployments()
-        .list(&user.id, before, i64::from(limit) + 1)
+        .list_matching(
+            &user.id,
+            &query.filter,
+            query.after.as_deref(),
+            i64::from(query.limit) + 1,
+        )
         .await?;
-    let next_cursor = if records.len() > limit as usize {
-        records.truncate(limit as usize);
-        records.last().map(|last| encode_cursor(last.seq))
+    let next_cursor = if records.len() > limit {
+        records.truncate(limit);
+        records.last().map(|last| encode_cursor(&last.id))
     } else {
         None
     };
@@ -99,53 +93,6 @@ pub async fn list(
     Ok(Json(DeploymentPage { items, next_cursor }))
 }
 
-fn parse_list_params(params: &ListParams) -> Result<(u32, Option<i64>), AppError> {
-    let mut errors = Vec::new();
-    let limit = match params.limit.as_deref() {
-        None => DEFAULT_PAGE_SIZE,
-        Some(raw) => match raw.parse::<u32>() {
-            Ok(limit) if (1..=MAX_PAGE_SIZE).contains(&limit) => limit,
-            _ => {
-                errors.push(FieldError::new(
-                    "limit",
-                    format!("must be an integer from 1 to {MAX_PAGE_SIZE}"),
-                ));
-                DEFAULT_PAGE_SIZE
-            }
-        },
-    };
-    let before = match params.cursor.as_deref() {
-        None => None,
-        Some(raw) => {
-            let decoded = decode_cursor(raw);
-            if decoded.is_none() {
-                errors.push(FieldError::new(
-                    "cursor",
-                    "is not a cursor this API returned",
-                ));
-            }
-            decoded
-        }
-    };
-    if errors.is_empty() {
-        Ok((limit, before))
-    } else {
-        Err(AppError::InvalidParameter(errors))
-    }
-}
-
-/// Cursors are opaque to clients (base64url), so their format can change.
-fn encode_cursor(seq: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("v1:{seq}"))
-}
-
-fn decode_cursor(cursor: &str) -> Option<i64> {
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    let text = std::str::from_utf8(&bytes).ok()?;
-    let seq: i64 = text.strip_prefix("v1:")?.parse().ok()?;
-    (seq > 0).then_some(seq)
-}
-
 /// Shows one of the caller's deployments.
 #[utoipa::path(
     get,
@@ -153,29 +100,27 @@ fn decode_cursor(cursor: &str) -> Option<i64> {
     tag = "deployments",
     operation_id = "getDeployment",
     summary = "Get one of your deployments",
-    params(("id" = String, Path, description = "The deployment's id.")),
+    description = "The deployment, with a strong `ETag` that changes whenever it does (its \
+        status, say). Send it back as `If-None-Match` to get 304 without a body while it is \
+        unchanged.",
+    params(
+        ("id" = String, Path, description = "The deployment's id."),
+        (
+            "If-None-Match" = Option<String>,
+            Header,
+            nullable = false,
+            description = "`ETag`s of copies you hold (or `*`): 304 if one is current."
+        ),
+    ),
     responses(
-        (status = 200, description = "The deployment.", body = Deployment),
-        (
-            status = 401,
-            description = "No valid bearer token (`unauthenticated`).",
-            body = ProblemDetails,
-            content_type = "application/problem+json",
-            headers(("WWW-Authenticate" = String, description = "`Bearer`")),
-        ),
-        (
-            status = 404,
-            description = "No such deployment, or it belongs to another user (`not-found`).",
-            body = ProblemDetails,
-            content_type = "application/problem+json",
-        ),
-        (
-            status = 503,
-            description = "The database is unavailable (`database-unavailable`).",
-            body = ProblemDetails,
-            content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying.")),
-        ),
+        (status = 200, description = "The deployment.", body = Deployment,
+            headers(("ETag" = String, description = "Strong validator of this representation."))),
+        (status = 304, description = "Not modified: `If-None-Match` names the current `ETag`.",
+            headers(("ETag" = String, description = "The current validator."))),
+        Unauthenticated,
+        RateLimited,
+        DeploymentNotFound,
+        DatabaseUnavailable,
     ),
     security(("bearer" = [])),
 )]
@@ -183,15 +128,9 @@ pub async fn show(
     State(state): State<AppState>,
     Extension(user): Extension<AuthUser>,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<Deployment>, AppError> {
-    // An id that does not even decode cannot exist, nor can one with a NUL (which
-    // PostgreSQL would refuse as a query parameter).
-    let Ok(Path(id)) = id else {
-        return Err(AppError::NotFound("deployment"));
-    };
-    if id.contains('\0') {
-        return Err(AppError::NotFound("deployment"));
-    }
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let id = deployment_id(id)?;
     // Another user's deployment is indistinguishable from a missing one: ids leak nothing.
     let record = state
         .db
@@ -199,7 +138,43 @@ pub async fn show(
         .get(&user.id, &id)
         .await?
         .ok_or(AppError::NotFound("deployment"))?;
-    Ok(Json(Deployment::from_record(&record)?))
+    let body = serde_json::to_vec(&Deployment::from_record(&record)?)
+        .map_err(|e| AppError::Internal(format!("cannot serialise a deployment: {e}")))?;
+    let etag = etag_of(&body);
+    let value = HeaderValue::try_from(etag.as_str())
+        .map_err(|e| AppError::Internal(format!("invalid ETag: {e}")))?;
+    if none_match(&headers, &etag) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, value)]).into_response());
+    }
+    Ok((
+        [
+            (header::ETAG, value),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// A strong validator of `body`: the same bytes, the same tag.
+fn etag_of(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+/// Whether `If-None-Match` names `etag` (weak comparison, RFC 9110 §13.1.2) or is `*`.
+fn none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
 
 #[cfg(test)]
@@ -207,27 +182,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cursors_round_trip_and_reject_garbage() {
-        assert_eq!(decode_cursor(&encode_cursor(42)), Some(42));
-        for bad in ["", "!!", "djE6", "djE6LTE", "eHh4"] {
-            assert_eq!(decode_cursor(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn page_size_bounds() {
-        let params = |limit: &str| ListParams {
-            limit: Some(limit.to_owned()),
-            cursor: None,
+    fn etags_and_if_none_match() {
+        let etag = etag_of(b"{}");
+        assert!(etag.starts_with('"') && etag.ends_with('"') && etag.len() == 34);
+        assert_ne!(etag, etag_of(b"{ }"));
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::IF_NONE_MATCH, HeaderValue::try_from(value).unwrap());
+            none_match(&headers, &etag)
         };
-        assert_eq!(parse_list_params(&params("1")).unwrap().0, 1);
-        assert_eq!(parse_list_params(&params("100")).unwrap().0, 100);
-        assert!(parse_list_params(&params("0")).is_err());
-        assert!(parse_list_params(&params("101")).is_err());
-        assert!(parse_list_params(&params("ten")).is_err());
-        assert_eq!(
-            parse_list_params(&ListParams::default()).unwrap().0,
-            DEFAULT_PAGE_SIZE
-        );
+        assert!(with(&etag));
+        assert!(with(&format!("\"x\", W/{etag}")));
+        assert!(with("*"));
+        assert!(!with("\"x\""));
+        assert!(!none_match(&HeaderMap::new(), &etag));
     }
 }

@@ -1,4 +1,4 @@
-//! [`Writer`]: the connection a create writes its deployment through.
+//! [`Writer`]: the connection a create (or a status report) writes through.
 //!
 //! With the `database` idempotency store the layer lends the request its open transaction
 //! (the idempotency record commits in it, with the deployment, or neither does); with a store
@@ -16,7 +16,10 @@ use crate::{
     app::AppState,
     db::{
         self, Db,
-        deployments::{Inserted, NewDeployment},
+        deployments::{
+            Inserted, NewDeployment,
+            statuses::{self, NewStatus, StatusRecord},
+        },
     },
     error::AppError,
     idempotency::Records,
@@ -53,6 +56,51 @@ impl Writer {
             }
         };
         Ok(inserted)
+    }
+}
+
+impl Writer {
+    /// Adds a status to the user's deployment `new.deployment_id` if `check` allows the move
+    /// from its current state (`None`: no such deployment of theirs, 404). The read, the check
+    /// and the writes are one transaction, with the deployment locked.
+    pub async fn add_status(
+        &self,
+        user_id: &str,
+        new: &NewStatus<'_>,
+        check: impl FnOnce(&str) -> Result<(), AppError>,
+    ) -> Result<StatusRecord, AppError> {
+        let id = new.deployment_id;
+        let not_found = || AppError::NotFound("deployment");
+        match self {
+            Self::Pool(Db::Sqlite(pool)) => {
+                let mut transaction = pool.begin_with(db::insert::SQLITE_BEGIN).await?;
+                let current = statuses::current_sqlite(&mut transaction, user_id, id).await?;
+                check(&current.ok_or_else(not_found)?)?;
+                let record = statuses::insert_sqlite(&mut transaction, new).await?;
+                transaction.commit().await?;
+                Ok(record)
+            }
+            Self::Pool(Db::Postgres(pool)) => {
+                let mut transaction = pool.begin().await?;
+                let current = statuses::current_postgres(&mut transaction, user_id, id).await?;
+                check(&current.ok_or_else(not_found)?)?;
+                let record = statuses::insert_postgres(&mut transaction, new).await?;
+                transaction.commit().await?;
+                Ok(record)
+            }
+            Self::Sqlite(lent) => {
+                let mut transaction = lent.lock().await.map_err(gone)?;
+                let current = statuses::current_sqlite(&mut transaction, user_id, id).await?;
+                check(&current.ok_or_else(not_found)?)?;
+                Ok(statuses::insert_sqlite(&mut transaction, new).await?)
+            }
+            Self::Postgres(lent) => {
+                let mut transaction = lent.lock().await.map_err(gone)?;
+                let current = statuses::current_postgres(&mut transaction, user_id, id).await?;
+                check(&current.ok_or_else(not_found)?)?;
+                Ok(statuses::insert_postgres(&mut transaction, new).await?)
+            }
+        }
     }
 }
 
