@@ -237,20 +237,19 @@ async fn create_get_and_list() {
         .json();
     assert_eq!(ids(&second), [id.as_str()]);
 
-    // The filters the API lacks are applied by the client, and it says so.
+    // The filters are the API's: a bad value is its 400, naming the parameter.
     let api = s.deploy(&["list", "--project", "api"]).await;
     assert_eq!(ids(&api.json()), [id.as_str()]);
-    assert!(
-        api.stderr
-            .contains("the API does not filter deployments yet"),
-        "{api:#?}"
-    );
+    assert!(api.stderr.is_empty(), "{api:#?}");
+    let bad = s.deploy(&["list", "--status", "running"]).await;
+    assert_eq!(bad.code, 1, "{bad:#?}");
+    assert!(bad.stderr.contains("status"), "{bad:#?}");
     let staging = s
         .deploy(&["list", "--environment", "staging", "--status", "queued"])
         .await
         .json();
     assert_eq!(ids(&staging), [web["id"].as_str().unwrap()]);
-    let none = s.deploy(&["list", "--status", "running"]).await.json();
+    let none = s.deploy(&["list", "--status", "success"]).await.json();
     assert!(ids(&none).is_empty());
     assert!(none["next_cursor"].is_null());
     assert_eq!(s.rows().await, 2);

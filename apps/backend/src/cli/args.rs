@@ -164,21 +164,26 @@ pub struct GetArgs {
 
 /// `backend deploy list`.
 ///
-/// The API filters by nothing yet: `--project`, `--environment` and `--status` are applied
-/// by this client to the pages it fetches, until it has `--limit` matches.
+/// The filters are the API's own (`GET /api/deployments?project=...`): a bad value is the
+/// API's 400, naming it.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ListArgs {
-    /// Only deployments of this project (filtered by the client).
+    /// Only deployments of this project.
     #[arg(long, value_name = "P")]
     pub project: Option<String>,
 
-    /// Only deployments to this environment (filtered by the client).
+    /// Only deployments to this environment.
     #[arg(long, value_name = "E")]
     pub environment: Option<String>,
 
-    /// Only deployments with this status, e.g. `queued` (filtered by the client).
+    /// Only deployments in this state: `queued`, `in_progress`, `success`, `failure`,
+    /// `error` or `cancelled`.
     #[arg(long, value_name = "S")]
     pub status: Option<String>,
+
+    /// Only deployments of this git ref or image.
+    #[arg(long = "ref", value_name = "REF")]
+    pub git_ref: Option<String>,
 
     /// Most deployments to print, 1-100 (default: the API's page size, 20).
     #[arg(
@@ -194,9 +199,25 @@ pub struct ListArgs {
 }
 
 impl ListArgs {
-    /// Whether a filter the API does not support was given.
-    pub fn filters(&self) -> bool {
-        self.project.is_some() || self.environment.is_some() || self.status.is_some()
+    /// The query parameters of the request: filters, page size, cursor.
+    pub fn query(&self) -> Vec<(&'static str, String)> {
+        let mut query = Vec::new();
+        let filters = [
+            ("project", &self.project),
+            ("environment", &self.environment),
+            ("status", &self.status),
+            ("ref", &self.git_ref),
+            ("cursor", &self.cursor),
+        ];
+        for (name, value) in filters {
+            if let Some(value) = value {
+                query.push((name, value.clone()));
+            }
+        }
+        if let Some(limit) = self.limit {
+            query.push(("limit", limit.to_string()));
+        }
+        query
     }
 }
 

@@ -10,11 +10,9 @@ use serde::Deserialize;
 use super::{
     args::{ClientArgs, CreateArgs, DeployArgs, DeployCommand, GetArgs, ListArgs},
     client::{Answer, ApiClient, Failure},
-    json,
-    list::{self, Filter, Page},
-    retry_command,
+    json, retry_command,
 };
-use crate::api::deployments::{CreateDeployment, DEFAULT_PAGE_SIZE};
+use crate::api::deployments::CreateDeployment;
 
 /// The environment variable that carries the token.
 const TOKEN_ENV: &str = "BACKEND_TOKEN";
@@ -149,67 +147,19 @@ async fn get_deployment(client: &ApiClient, args: &GetArgs) -> u8 {
 }
 
 async fn list_deployments(client: &ApiClient, args: &ListArgs) -> u8 {
-    let result = if args.filters() {
-        filtered_list(client, args).await
-    } else {
-        fetch_page(client, args.cursor.clone(), args.limit)
-            .await
-            .map(|(_, line)| line)
-    };
+    let mut url = client.url(&["api", "deployments"]);
+    let query = args.query();
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    let result = client
+        .send(client.get(url))
+        .await
+        .and_then(|answer| json::compact(&answer.body).map_err(|e| unreadable(&answer, &e)));
     match result {
         Ok(line) => print_line(&line),
         Err(failure) => fail_idempotent(&failure),
     }
-}
-
-/// The API filters by nothing yet: walk its pages and keep the matches.
-async fn filtered_list(client: &ApiClient, args: &ListArgs) -> Result<String, Failure> {
-    let filter = Filter {
-        project: args.project.clone(),
-        environment: args.environment.clone(),
-        status: args.status.clone(),
-    };
-    let want = args.limit.unwrap_or(DEFAULT_PAGE_SIZE);
-    let (page, scanned) = list::filtered(
-        &filter,
-        want,
-        args.cursor.clone(),
-        |cursor, limit| async move {
-            fetch_page(client, cursor, Some(limit))
-                .await
-                .map(|(page, _)| page)
-        },
-    )
-    .await?;
-    let plural = if scanned == 1 { "" } else { "s" };
-    eprintln!(
-        "note: the API does not filter deployments yet; --project, --environment and --status \
-         were applied by this client to the {scanned} deployment{plural} it fetched"
-    );
-    let text = serde_json::to_string(&page).expect("a page serialises");
-    json::compact(text.as_bytes()).map_err(|e| Failure::Unexpected(e.to_string()))
-}
-
-/// One page of `GET /api/deployments`, parsed and as its compact line.
-async fn fetch_page(
-    client: &ApiClient,
-    cursor: Option<String>,
-    limit: Option<u32>,
-) -> Result<(Page, String), Failure> {
-    let mut url = client.url(&["api", "deployments"]);
-    if limit.is_some() || cursor.is_some() {
-        let mut query = url.query_pairs_mut();
-        if let Some(limit) = limit {
-            query.append_pair("limit", &limit.to_string());
-        }
-        if let Some(cursor) = &cursor {
-            query.append_pair("cursor", cursor);
-        }
-    }
-    let answer = client.send(client.get(url)).await?;
-    let page: Page = serde_json::from_slice(&answer.body).map_err(|e| unreadable(&answer, &e))?;
-    let line = json::compact(&answer.body).map_err(|e| unreadable(&answer, &e))?;
-    Ok((page, line))
 }
 
 /// A deployment answer as its compact line, and its id.

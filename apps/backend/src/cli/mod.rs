@@ -12,7 +12,6 @@ pub mod args;
 pub mod client;
 pub mod deploy;
 pub mod json;
-pub mod list;
 pub mod report;
 pub mod retry_command;
 pub mod tokens;
