@@ -30,7 +30,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub enum AppError {
     /// 401: no bearer token.
     MissingToken,
-    /// 401: a token that is malformed or unknown.
+    /// 401: a token that is malformed, unknown, revoked or expired.
     InvalidToken,
     /// 404: the resource does not exist or belongs to someone else.
     NotFound(&'static str),
@@ -135,7 +135,7 @@ impl AppError {
             Self::MissingToken => {
                 "Send an API token as `Authorization: Bearer <token>`.".to_owned()
             }
-            Self::InvalidToken => "The bearer token is malformed or unknown.".to_owned(),
+            Self::InvalidToken => "The bearer token is malformed, unknown, revoked or expired.".to_owned(),
             Self::NotFound(what) => format!("No such {what}."),
             Self::RouteNotFound => "No resource exists at this path.".to_owned(),
             Self::MethodNotAllowed => {
