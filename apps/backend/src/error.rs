@@ -135,7 +135,9 @@ impl AppError {
             Self::MissingToken => {
                 "Send an API token as `Authorization: Bearer <token>`.".to_owned()
             }
-            Self::InvalidToken => "The bearer token is malformed, unknown, revoked or expired.".to_owned(),
+            Self::InvalidToken => {
+                "The bearer token is malformed, unknown, revoked or expired.".to_owned()
+            }
             Self::NotFound(what) => format!("No such {what}."),
             Self::RouteNotFound => "No resource exists at this path.".to_owned(),
             Self::MethodNotAllowed => {

@@ -4,7 +4,7 @@
 //! second line of defence for stores of their own.
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library; the integration tests build
-//! the same [`app`] over SQLite and PostgreSQL. [`cli`] is the API's own client
+//! the same [`app()`](fn@app) over SQLite and PostgreSQL. [`cli`] is the API's own client
 //! (`backend deploy ...`).
 
 pub mod api;

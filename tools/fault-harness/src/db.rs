@@ -1,8 +1,12 @@
 //! The deployments database of a scenario: a fresh `faults_<random>` database on the shared
-//! PostgreSQL server, dropped afterwards; and what the scenarios check in it.
+//! PostgreSQL server, dropped afterwards (or a SQLite file of its own, [`sqlite`]); and what
+//! the scenarios check in it.
+
+pub(crate) mod sqlite;
 
 use std::{
     collections::{HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
     process::Command,
     str::FromStr as _,
@@ -71,25 +75,47 @@ impl FleetDb {
         &self,
         expected: &HashMap<String, Vec<String>>,
     ) -> anyhow::Result<Verification> {
-        let rows = self.rows().await?;
-        let duplicate_rows: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(SUM(n - 1), 0)::BIGINT FROM \
-             (SELECT COUNT(*) AS n FROM deployments WHERE idempotency_key IS NOT NULL \
-             GROUP BY user_id, idempotency_key) AS g",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        Ok(Verification::of(&self.rows().await?, expected))
+    }
+}
+
+/// What [`FleetDb::verify`] (or [`Verification::of`] over any rows) found.
+#[derive(Debug, Default)]
+pub(crate) struct Verification {
+    /// Rows in `deployments`.
+    pub(crate) deployments: u64,
+    /// Rows beyond the first per (user, key), plus rows without a key.
+    pub(crate) duplicates: u64,
+    /// Expected keys without a row.
+    pub(crate) missing: Vec<String>,
+    /// Expected keys with several rows.
+    pub(crate) duplicated: Vec<String>,
+    /// Client ids that differ from the row's.
+    pub(crate) id_mismatches: Vec<String>,
+    /// Keys with a row that were not expected to execute.
+    pub(crate) unexpected: Vec<String>,
+}
+
+impl Verification {
+    /// Checks `rows` (`(idempotency_key, id)` of every deployment, all of [`USER`]): each
+    /// key of `expected` has exactly one deployment whose id is every id the client got for
+    /// it, and nothing else exists.
+    pub(crate) fn of(
+        rows: &[(Option<String>, String)],
+        expected: &HashMap<String, Vec<String>>,
+    ) -> Self {
         let mut by_key: HashMap<&str, Vec<&str>> = HashMap::new();
         let mut unkeyed = 0;
-        for (key, id) in &rows {
+        for (key, id) in rows {
             match key {
                 Some(key) => by_key.entry(key).or_default().push(id),
                 None => unkeyed += 1,
             }
         }
+        let duplicate_rows: usize = by_key.values().map(|ids| ids.len() - 1).sum();
         let mut v = Verification {
             deployments: rows.len() as u64,
-            duplicates: duplicate_rows.max(0) as u64 + unkeyed,
+            duplicates: duplicate_rows as u64 + unkeyed,
             ..Verification::default()
         };
         for (key, client_ids) in expected {
@@ -113,28 +139,9 @@ impl FleetDb {
             .map(|k| (*k).to_owned())
             .collect();
         v.unexpected.sort();
-        Ok(v)
+        v
     }
-}
 
-/// What [`FleetDb::verify`] found.
-#[derive(Debug, Default)]
-pub(crate) struct Verification {
-    /// Rows in `deployments`.
-    pub(crate) deployments: u64,
-    /// Rows beyond the first per (user, key), plus rows without a key.
-    pub(crate) duplicates: u64,
-    /// Expected keys without a row.
-    pub(crate) missing: Vec<String>,
-    /// Expected keys with several rows.
-    pub(crate) duplicated: Vec<String>,
-    /// Client ids that differ from the row's.
-    pub(crate) id_mismatches: Vec<String>,
-    /// Keys with a row that were not expected to execute.
-    pub(crate) unexpected: Vec<String>,
-}
-
-impl Verification {
     /// Nothing wrong.
     pub(crate) fn ok(&self) -> bool {
         self.duplicates == 0
@@ -223,6 +230,42 @@ pub(crate) fn with_database(url: &str, name: &str) -> String {
     out
 }
 
+/// The loopback socket address of the server in a `postgres://` `url` (default port 5432).
+pub(crate) fn server_addr(url: &str) -> Option<SocketAddr> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match host_port.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        }
+    };
+    let port = port.map_or(Some(5432), |p| p.parse().ok())?;
+    let ip: IpAddr = match host {
+        "localhost" => Ipv4Addr::LOCALHOST.into(),
+        other => other.parse().ok()?,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// `url` with its host and port replaced by `addr` (user, password, database and query kept).
+pub(crate) fn via(url: &str, addr: SocketAddr) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let userinfo = authority
+        .rsplit_once('@')
+        .map(|(user, _)| format!("{user}@"))
+        .unwrap_or_default();
+    format!("{scheme}://{userinfo}{addr}{tail}")
+}
+
 /// Mints a token for [`USER`] with the real CLI (`backend token create`), which also creates
 /// and migrates the tables.
 pub(crate) fn mint_token(bin: &Path, database_url: &str) -> anyhow::Result<String> {
@@ -257,5 +300,25 @@ mod tests {
             "postgres://u:p@h:1/x?sslmode=disable"
         );
         assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+    }
+
+    #[test]
+    fn server_addresses_and_relays() {
+        let url = "postgres://u:p@127.0.0.1:5433/db?sslmode=disable";
+        assert_eq!(server_addr(url), Some(([127, 0, 0, 1], 5433).into()));
+        assert_eq!(
+            server_addr("postgres://postgres@localhost/test"),
+            Some(([127, 0, 0, 1], 5432).into())
+        );
+        assert_eq!(
+            server_addr("postgres://[::1]:6000/x"),
+            Some("[::1]:6000".parse().unwrap())
+        );
+        let relay: SocketAddr = ([127, 0, 0, 1], 40001).into();
+        assert_eq!(
+            via(url, relay),
+            "postgres://u:p@127.0.0.1:40001/db?sslmode=disable"
+        );
+        assert_eq!(via("postgres://h/x", relay), "postgres://127.0.0.1:40001/x");
     }
 }

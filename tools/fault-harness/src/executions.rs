@@ -1,8 +1,9 @@
 //! How often the create handler ran: the measure of "executed once".
 //!
-//! Rows cannot tell: the deployments table's unique (user, key) turns a second execution
-//! into a "replay" of the first row, so one row per key holds whether the handler ran once or
-//! ten times. The backends count executions themselves, two ways:
+//! Rows cannot tell: the database guard (the create looks up the user's deployment with the
+//! key, within the key's TTL, in its inserting transaction) turns a second execution into a
+//! "replay" of the first row, so one row per key holds whether the handler ran once or ten
+//! times. The backends count executions themselves, two ways:
 //!
 //! - each writes one execution-log line per execution and per hit of the database guard
 //!   ([`crate::logs`]), before the work starts: the only count that survives a SIGKILL, and
@@ -27,7 +28,7 @@ use crate::{
 
 /// Counter: executions of the create handler for keyed requests.
 const EXECUTIONS_TOTAL: &str = "deployments_create_executions_total";
-/// Counter (by `outcome`): keyed creates answered by the database's unique (user, key).
+/// Counter (by `outcome`): keyed creates answered by the database guard.
 const GUARD_HITS_TOTAL: &str = "deployments_idempotency_guard_hits_total";
 /// The idempotency layer's per-outcome counter.
 const LAYER_REQUESTS_TOTAL: &str = "idempotency_requests_total";
@@ -54,6 +55,8 @@ pub(crate) struct Instance {
     pub(crate) log: Option<LogScan>,
     /// Its `/metrics` (alive instances); `None` if it could not be scraped.
     pub(crate) counters: Option<Counters>,
+    /// Its lives (indexes into the log's) that the harness ended with a SIGKILL.
+    pub(crate) killed_lives: Vec<usize>,
 }
 
 /// The executions of a scenario, over all its instances and their lives.
@@ -75,6 +78,11 @@ pub(crate) enum Contract {
     Once,
     /// Re-executions are reported, not failed; the reason is shown with the figure.
     Reported(&'static str),
+    /// Transactional mode: a run's effects commit with its record or not at all, so a key's
+    /// handler may run again only after a run that died with its SIGKILLed instance; no
+    /// guard hit, one committed deployment per key. Checked by [`crate::commits`], which
+    /// the scenario calls (it needs the rows and the kills).
+    Atomic,
 }
 
 impl Executions {
@@ -157,6 +165,7 @@ impl Executions {
                 alive,
                 log,
                 counters,
+                killed_lives: backend.killed_lives().to_vec(),
             });
         }
         out
@@ -237,7 +246,7 @@ impl Executions {
             report.figure(
                 "re-executions: reported, not failed",
                 format!(
-                    "{re_executions}, {guard} of them answered by the unique (user, key), {} \
+                    "{re_executions}, {guard} of them answered by the database guard, {} \
                      after a first run that had inserted nothing; {why}",
                     re_executions.saturating_sub(guard)
                 ),

@@ -5,9 +5,12 @@
 //! - `listening` (target `backend`): one per life, logged before the instance serves;
 //! - the execution log (target `backend::executions`): `create handler executing` each time
 //!   the create handler runs for a keyed request, written before the handler does anything
-//!   else, so it survives a SIGKILL; `idempotency guard hit` each time the database's unique
-//!   (user, key) answered instead of an insert. Both carry `record`, the layer's record id
+//!   else, so it survives a SIGKILL; `idempotency guard hit` each time the database guard
+//!   (the user's deployment with the key, within its TTL) answered instead of an insert. Both carry `record`, the layer's record id
 //!   (SHA-256 of user and key);
+//! - `deployment queued` (target `backend::api::deployments::create`): the create handler's
+//!   insert returned, naming the new deployment: its write is done, inside the request's
+//!   transaction in transactional mode, before the layer commits it;
 //! - warnings, errors, and panics (the default hook's plain-text `panicked at`).
 
 use std::{collections::HashMap, path::Path};
@@ -20,6 +23,8 @@ pub(crate) const EXECUTION_TARGET: &str = "backend::executions";
 pub(crate) const EXECUTION_MESSAGE: &str = "create handler executing";
 /// Message of a guard-hit line.
 pub(crate) const GUARD_HIT_MESSAGE: &str = "idempotency guard hit";
+/// Message of the handler's line once its insert returned.
+pub(crate) const QUEUED_MESSAGE: &str = "deployment queued";
 
 /// What one life of an instance logged.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,11 +35,22 @@ pub(crate) struct Life {
     pub(crate) guard_hits: u64,
 }
 
+/// What the handler did in one life, run by run.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LifeRuns {
+    /// Executions per idempotency record (hex).
+    pub(crate) records: HashMap<String, u64>,
+    /// Ids of the deployments its inserts wrote (`deployment queued`), committed or not.
+    pub(crate) queued: Vec<String>,
+}
+
 /// One backend's log, read.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LogScan {
     /// Per life (each starts at a `listening` line), in order.
     pub(crate) lives: Vec<Life>,
+    /// Per life, the same order: which records ran and which deployments were written.
+    pub(crate) runs: Vec<LifeRuns>,
     /// Executions per idempotency record (hex).
     pub(crate) per_record: HashMap<String, u64>,
     /// Execution-log lines that could not be read (not JSON, no record, unknown message,
@@ -76,9 +92,30 @@ impl LogScan {
             }
             if json["target"] == "backend" && json["message"] == "listening" {
                 scan.lives.push(Life::default());
+                scan.runs.push(LifeRuns::default());
+            } else if json["message"] == QUEUED_MESSAGE
+                && json["target"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("backend::"))
+            {
+                scan.queued_line(line, &json);
             }
         }
         scan
+    }
+
+    fn queued_line(&mut self, line: &str, json: &serde_json::Value) {
+        let excerpt = || line.chars().take(160).collect::<String>();
+        match (json["deployment"].as_str(), self.runs.last_mut()) {
+            (Some(id), Some(runs)) => runs.queued.push(id.to_owned()),
+            (None, _) => self
+                .unreadable
+                .push(format!("no deployment id: {}", excerpt())),
+            (_, None) => self.unreadable.push(format!(
+                "before the instance's `listening` line: {}",
+                excerpt()
+            )),
+        }
     }
 
     fn execution_line(&mut self, line: &str, json: Option<&serde_json::Value>) {
@@ -103,6 +140,9 @@ impl LogScan {
         match message.as_str() {
             EXECUTION_MESSAGE => {
                 life.executions += 1;
+                if let Some(runs) = self.runs.last_mut() {
+                    *runs.records.entry(record.clone()).or_default() += 1;
+                }
                 *self.per_record.entry(record).or_default() += 1;
             }
             GUARD_HIT_MESSAGE => life.guard_hits += 1,
@@ -144,6 +184,7 @@ mod tests {
         let text = [
             listening.to_owned(),
             execution(R1),
+            r#"{"level":"INFO","message":"deployment queued","deployment":"d-1","user":"u","target":"backend::api::deployments::create"}"#.to_owned(),
             execution(R2),
             r#"{"level":"WARN","message":"x","target":"tower_idempotency"}"#.to_owned(),
             // SIGKILL, restart.
@@ -169,6 +210,11 @@ mod tests {
         );
         assert_eq!(scan.per_record[R1], 2);
         assert_eq!(scan.per_record[R2], 1);
+        assert_eq!(scan.runs.len(), 2);
+        assert_eq!((scan.runs[0].records[R1], scan.runs[0].records[R2]), (1, 1));
+        assert_eq!(scan.runs[1].records[R1], 1);
+        assert_eq!(scan.runs[0].queued, ["d-1"]);
+        assert!(scan.runs[1].queued.is_empty());
         assert_eq!((scan.executions(), scan.guard_hits()), (3, 1));
         assert_eq!((scan.warnings, scan.panics), (1, 1));
         assert!(scan.unreadable.is_empty());

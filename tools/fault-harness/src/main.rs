@@ -1,10 +1,11 @@
 //! `fault-harness`: runs the deployments API as real processes on loopback and injects
-//! faults — lost and delayed responses, SIGKILLed instances, idempotency-store outages, retry
-//! storms, an in-memory store flooded past its budget — then counts how often the create
+//! faults — lost and delayed responses, SIGKILLed instances (with a store of their own, and in
+//! transactional mode on SQLite and PostgreSQL), idempotency-store outages, retry storms, an
+//! in-memory store flooded past its budget — then counts how often the create
 //! handler ran for each logical create (from every instance's execution log, killed lives
 //! included, cross-checked with `/metrics`), and checks in the database that every client got
-//! its deployment's id. Rows alone cannot show a second execution: the unique (user, key)
-//! column answers it with the first row.
+//! its deployment's id. Rows alone cannot show a second execution: the database guard
+//! answers it with the first row.
 //!
 //! ```text
 //! cargo run --release -p fault-harness -- --quick                 # CI: about a minute
@@ -17,8 +18,10 @@
 //! (drop guards), on failure too. Exits non-zero if any check fails.
 
 mod client;
+mod commits;
 mod db;
 mod executions;
+mod latency;
 mod logs;
 mod procs;
 mod proxy;
@@ -243,6 +246,7 @@ async fn run_scenario(scenario: Scenario, ctx: &Ctx) -> Vec<anyhow::Result<Scena
             vec![timed(started, scenarios::lost_responses::run(ctx).await)]
         }
         Scenario::Crash => vec![timed(started, scenarios::crash::run(ctx).await)],
+        Scenario::CrashTx => scenarios::crash_tx::run(ctx).await,
         Scenario::StoreOutage => scenarios::store_outage::run(ctx).await,
         Scenario::RetryStorm => vec![timed(started, scenarios::retry_storm::run(ctx).await)],
         Scenario::MemoryBudget => vec![timed(started, scenarios::memory_budget::run(ctx).await)],

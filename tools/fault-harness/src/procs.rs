@@ -2,21 +2,28 @@
 //! PostgreSQL cluster, and a sampler of their memory and CPU. Each is stopped when its guard
 //! is dropped, on success, failure or panic alike.
 
+mod postgres;
+mod sampler;
+
 use std::{
-    collections::HashMap,
     fs::OpenOptions,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+
+pub(crate) use self::{
+    postgres::{PrivatePostgres, find_pg_bin_dir},
+    sampler::{Sample, Sampler},
+};
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub(crate) fn free_port() -> anyhow::Result<u16> {
@@ -35,6 +42,8 @@ pub(crate) struct Backend {
     pid: Arc<AtomicU32>,
     starts: u32,
     ready_lives: u32,
+    /// Lives (0-based, in log order) that ended by [`kill`](Self::kill).
+    killed_lives: Vec<usize>,
 }
 
 impl Backend {
@@ -57,6 +66,7 @@ impl Backend {
             pid: Arc::new(AtomicU32::new(0)),
             starts: 0,
             ready_lives: 0,
+            killed_lives: Vec::new(),
         };
         backend.spawn().await?;
         Ok(backend)
@@ -134,10 +144,24 @@ impl Backend {
     /// SIGKILL, and reap.
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A life that logged `listening` (it became ready) ends here.
+            if self.ready_lives == self.starts && matches!(child.try_wait(), Ok(None)) {
+                self.killed_lives.push(self.ready_lives as usize - 1);
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
         self.pid.store(0, Ordering::Relaxed);
+    }
+
+    /// Its current pid (0 while down).
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid.load(Ordering::Relaxed)
+    }
+
+    /// Lives (0-based, in the order of its log) that ended by a SIGKILL of the harness.
+    pub(crate) fn killed_lives(&self) -> &[usize] {
+        &self.killed_lives
     }
 
     /// Starts it again on the same port (after [`kill`](Self::kill)).
@@ -206,6 +230,17 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// SIGSTOP to process `pid`: it stays exactly where it is (threads, open transactions,
+/// sockets) until it is killed ([`Backend::kill`] works on a frozen process). A plain
+/// function, so that a thread of its own can send it the moment something is seen.
+pub(crate) fn freeze(pid: u32) -> anyhow::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .context("no such process")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).context("SIGSTOP")
 }
 
 /// The last `lines` lines of a file.
@@ -306,326 +341,4 @@ fn ping_redis(port: u16) -> bool {
     }
     let mut reply = [0u8; 7];
     stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
-}
-
-/// A PostgreSQL cluster of the harness's own (`initdb` under the temporary directory, on a
-/// free loopback port, no Unix socket). Run as the `postgres` user when the harness is root.
-/// Stopped (immediately) and deleted when dropped.
-#[derive(Debug)]
-pub(crate) struct PrivatePostgres {
-    bin_dir: PathBuf,
-    dir: PathBuf,
-    port: u16,
-    as_postgres: bool,
-    running: bool,
-}
-
-impl PrivatePostgres {
-    /// `initdb`, then start.
-    pub(crate) async fn start(bin_dir: &Path, parent: &Path) -> anyhow::Result<Self> {
-        let as_postgres = is_root();
-        let dir = parent.join(format!("pg-{}", rand::random::<u32>()));
-        let mut pg = Self {
-            bin_dir: bin_dir.to_owned(),
-            dir,
-            port: free_port()?,
-            as_postgres,
-            running: false,
-        };
-        if as_postgres {
-            // initdb as postgres needs a parent it may write to.
-            std::fs::create_dir_all(&pg.dir)?;
-            run(Command::new("chown").arg("postgres").arg(&pg.dir)).await?;
-        }
-        let initdb = pg.bin_dir.join("initdb");
-        pg.run_pg(|c| {
-            c.arg(&initdb).arg("-D").arg(&pg.dir).args([
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ])
-        })
-        .await
-        .context("initdb")?;
-        pg.resume().await?;
-        Ok(pg)
-    }
-
-    /// A URL for its `postgres` database.
-    pub(crate) fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    /// Starts the server (again) and waits until it accepts connections.
-    pub(crate) async fn resume(&mut self) -> anyhow::Result<()> {
-        let pg_ctl = self.bin_dir.join("pg_ctl");
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c fsync=off \
-             -c max_connections=100",
-            self.port
-        );
-        let log = self.dir.join("server.log");
-        self.run_pg(|c| {
-            c.arg(&pg_ctl)
-                .arg("-D")
-                .arg(&self.dir)
-                .arg("-l")
-                .arg(&log)
-                .args(["-w", "-t", "60", "-o", &options, "start"])
-        })
-        .await
-        .with_context(|| format!("pg_ctl start; log tail:\n{}", tail(&log, 20)))?;
-        self.running = true;
-        Ok(())
-    }
-
-    /// `pg_ctl stop -m immediate`: every backend is killed, no checkpoint; the next start
-    /// runs crash recovery.
-    pub(crate) async fn stop_immediate(&mut self) -> anyhow::Result<()> {
-        let pg_ctl = self.bin_dir.join("pg_ctl");
-        self.run_pg(|c| {
-            c.arg(&pg_ctl)
-                .arg("-D")
-                .arg(&self.dir)
-                .args(["-m", "immediate", "-w", "stop"])
-        })
-        .await
-        .context("pg_ctl stop")?;
-        self.running = false;
-        Ok(())
-    }
-
-    async fn run_pg(&self, build: impl FnOnce(&mut Command) -> &mut Command) -> anyhow::Result<()> {
-        let mut command = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]);
-            c
-        } else {
-            // `build` supplies the program as its first argument: run it through `env`.
-            Command::new("env")
-        };
-        build(&mut command);
-        run(&mut command).await
-    }
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        if self.running {
-            let pg_ctl = self.bin_dir.join("pg_ctl");
-            let mut command = if self.as_postgres {
-                let mut c = Command::new("runuser");
-                c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
-                c
-            } else {
-                Command::new(&pg_ctl)
-            };
-            let _ = command
-                .arg("-D")
-                .arg(&self.dir)
-                .args(["-m", "immediate", "-w", "stop"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn run(command: &mut Command) -> anyhow::Result<()> {
-    let mut command =
-        tokio::process::Command::from(std::mem::replace(command, Command::new("true")));
-    let output = command
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .context("run a command")?;
-    if !output.status.success() {
-        bail!(
-            "{:?} failed ({}): {}{}",
-            command.as_std().get_program(),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// Whether the harness runs as root (then PostgreSQL runs as `postgres`).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|uid| uid == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// The directory holding `initdb` and `pg_ctl`: `--pg-bin-dir`, `pg_config --bindir`, or the
-/// newest `/usr/lib/postgresql/*/bin`.
-pub(crate) fn find_pg_bin_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = explicit {
-        return Ok(dir.to_owned());
-    }
-    if let Ok(output) = Command::new("pg_config").arg("--bindir").output()
-        && output.status.success()
-    {
-        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-        if dir.join("initdb").exists() {
-            return Ok(dir);
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let bin = entry.path().join("bin");
-            bin.join("initdb").exists().then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin).context(
-        "no PostgreSQL server binaries (initdb, pg_ctl) found: install postgresql or pass \
-         --pg-bin-dir",
-    )
-}
-
-/// One sample of one process.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Sample {
-    /// When.
-    pub(crate) at: Instant,
-    /// Which watched process.
-    pub(crate) index: usize,
-    /// Resident set size, KiB.
-    pub(crate) rss_kib: u64,
-    /// CPU time of all its lives so far (user + system), seconds.
-    pub(crate) cpu_seconds: f64,
-}
-
-#[derive(Debug, Default)]
-struct SamplerData {
-    samples: Vec<Sample>,
-    /// Per watched process: last utime+stime ticks per pid (restarts are new pids).
-    ticks: Vec<HashMap<u32, u64>>,
-}
-
-/// Samples VmRSS and CPU time of some processes every `period`; stops when dropped.
-#[derive(Debug)]
-pub(crate) struct Sampler {
-    names: Vec<String>,
-    data: Arc<Mutex<SamplerData>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Sampler {
-    /// Watches `(name, pid cell)` pairs.
-    pub(crate) fn start(watched: Vec<(String, Arc<AtomicU32>)>, period: Duration) -> Self {
-        let names = watched.iter().map(|(n, _)| n.clone()).collect();
-        let data = Arc::new(Mutex::new(SamplerData {
-            samples: Vec::new(),
-            ticks: vec![HashMap::new(); watched.len()],
-        }));
-        let tick_hz = clock_ticks_per_second();
-        let task = {
-            let data = data.clone();
-            tokio::spawn(async move {
-                let mut interval = tokio::time::interval(period);
-                loop {
-                    interval.tick().await;
-                    let now = Instant::now();
-                    let mut data = data.lock().expect("sampler lock");
-                    for (index, (_, pid)) in watched.iter().enumerate() {
-                        let pid = pid.load(Ordering::Relaxed);
-                        if pid == 0 {
-                            continue;
-                        }
-                        let (Some(rss_kib), Some(ticks)) = (read_rss_kib(pid), read_cpu_ticks(pid))
-                        else {
-                            continue;
-                        };
-                        data.ticks[index].insert(pid, ticks);
-                        let total: u64 = data.ticks[index].values().sum();
-                        data.samples.push(Sample {
-                            at: now,
-                            index,
-                            rss_kib,
-                            cpu_seconds: total as f64 / tick_hz,
-                        });
-                    }
-                }
-            })
-        };
-        Self { names, data, task }
-    }
-
-    /// The watched processes' names.
-    pub(crate) fn names(&self) -> &[String] {
-        &self.names
-    }
-
-    /// Every sample so far.
-    pub(crate) fn samples(&self) -> Vec<Sample> {
-        self.data.lock().expect("sampler lock").samples.clone()
-    }
-
-    /// Peak RSS (KiB) of each watched process.
-    pub(crate) fn peaks(&self) -> Vec<u64> {
-        let mut peaks = vec![0; self.names.len()];
-        for sample in self.samples() {
-            peaks[sample.index] = peaks[sample.index].max(sample.rss_kib);
-        }
-        peaks
-    }
-
-    /// CPU seconds used by each watched process so far (all its lives).
-    pub(crate) fn cpu(&self) -> Vec<f64> {
-        let mut cpu = vec![0.0; self.names.len()];
-        for sample in self.samples() {
-            cpu[sample.index] = sample.cpu_seconds;
-        }
-        cpu
-    }
-}
-
-impl Drop for Sampler {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn read_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn read_cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces and parentheses): state is the
-    // first, utime the 12th, stime the 13th.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|hz| *hz > 0.0)
-        .unwrap_or(100.0)
 }

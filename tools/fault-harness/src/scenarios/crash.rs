@@ -3,8 +3,9 @@
 //!
 //! Requests are held in flight by a real slow database, with no test code in the product: a
 //! separate transaction holds `LOCK TABLE deployments IN ACCESS EXCLUSIVE MODE` for 1.5 s
-//! while creates keep arriving, so their INSERTs queue behind it. The victim is killed 0.7 s
-//! into that window, the lock released, the victim restarted. Leases are 3 s.
+//! while creates keep arriving, so their statements on it (the database guard's lookup, then
+//! the INSERT) queue behind it. The victim is killed 0.7 s into that window, the lock
+//! released, the victim restarted. Leases are 3 s.
 //!
 //! Per cycle (alternating the victim): lock, 0.7 s, SIGKILL, lock released at 1.5 s,
 //! restart, next cycle 6 s after the previous one began.
@@ -54,7 +55,8 @@ struct Kill {
     killed_at: Instant,
     /// Attempts in flight to the victim when it was killed (client side).
     in_flight: i64,
-    /// INSERTs waiting for the lock at the kill (server side, both instances).
+    /// Statements on `deployments` waiting for the lock at the kill (server side, both
+    /// instances).
     waiting_inserts: i64,
     /// Kill to ready again.
     downtime: Duration,
@@ -161,7 +163,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
         &cpu,
     );
     report.figure(
-        "in flight at each kill: requests to the victim / INSERTs waiting on the lock",
+        "in flight at each kill: requests to the victim / statements waiting on the lock",
         kills
             .iter()
             .map(|k| format!("{} / {}", k.in_flight, k.waiting_inserts))
@@ -200,7 +202,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
             .all(|k| k.in_flight > 0 && k.waiting_inserts > 0),
         kills
             .iter()
-            .map(|k| format!("{} requests, {} INSERTs", k.in_flight, k.waiting_inserts))
+            .map(|k| format!("{} requests, {} statements", k.in_flight, k.waiting_inserts))
             .collect::<Vec<_>>()
             .join("; "),
     );

@@ -1,6 +1,6 @@
 //! lost-responses: two instances behind fault-injecting proxies lose ~30% of responses and
 //! delay ~20%; the retrying client must end with a deployment per create, the handler must
-//! have run once per create, and the idempotency store (not the database's unique key) must
+//! have run once per create, and the idempotency store (not the database guard) must
 //! have answered every retry.
 
 use std::{sync::atomic::Ordering, time::Duration};

@@ -5,7 +5,7 @@
 //! Asserted: once full, new keys get 503 `store-full` (problem+json, `Retry-After`) and are
 //! not executed (no row in the database); no more keys are accepted than the budget holds;
 //! every key completed earlier still replays byte for byte from the store (fresh records are
-//! never evicted; the database's unique key is never what answers); a refused key is still
+//! never evicted; the database guard is never what answers); a refused key is still
 //! refused when retried; RSS stays bounded.
 
 use std::{collections::HashMap, time::Duration};
@@ -245,7 +245,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
         "every key completed earlier replays byte for byte (fresh records never evicted)",
         replay_ok == accepted.len() && executions.readable() && executions.guard_hits() == 0,
         format!(
-            "{replay_ok} of {} replayed; {} answered by the database's unique key{}",
+            "{replay_ok} of {} replayed; {} answered by the database guard{}",
             accepted.len(),
             executions.guard_hits(),
             if replay_bad.is_empty() {

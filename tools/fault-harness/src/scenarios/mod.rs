@@ -1,6 +1,7 @@
 //! The scenarios and what they share.
 
 pub(crate) mod crash;
+pub(crate) mod crash_tx;
 pub(crate) mod lost_responses;
 pub(crate) mod memory_budget;
 pub(crate) mod retry_storm;
@@ -31,6 +32,9 @@ pub(crate) enum Scenario {
     LostResponses,
     /// An API instance SIGKILLed with requests in flight, then restarted.
     Crash,
+    /// The same in transactional mode (records in the deployments database), on SQLite and
+    /// on PostgreSQL: SIGKILLs at random instants, strict atomicity.
+    CrashTx,
     /// The idempotency store (Redis, then PostgreSQL) down and back.
     StoreOutage,
     /// Hundreds of clients hammering a few keys.
@@ -41,9 +45,10 @@ pub(crate) enum Scenario {
 
 impl Scenario {
     /// All of them.
-    pub(crate) const ALL: [Self; 5] = [
+    pub(crate) const ALL: [Self; 6] = [
         Self::LostResponses,
         Self::Crash,
+        Self::CrashTx,
         Self::StoreOutage,
         Self::RetryStorm,
         Self::MemoryBudget,
@@ -54,6 +59,7 @@ impl Scenario {
         match self {
             Self::LostResponses => "lost-responses",
             Self::Crash => "crash",
+            Self::CrashTx => "crash-tx",
             Self::StoreOutage => "store-outage",
             Self::RetryStorm => "retry-storm",
             Self::MemoryBudget => "memory-budget",
@@ -89,6 +95,7 @@ impl Mode {
                 lost_creates: 200,
                 crash_cycles: 2,
                 crash_rate: 40,
+                tx_kills: 6,
                 outage_cycles: 1,
                 outage_rate: 25,
                 storm: Duration::from_secs(5),
@@ -99,6 +106,7 @@ impl Mode {
                 lost_creates: 1_000,
                 crash_cycles: 3,
                 crash_rate: 40,
+                tx_kills: 12,
                 outage_cycles: 2,
                 outage_rate: 25,
                 storm: Duration::from_secs(30),
@@ -109,6 +117,7 @@ impl Mode {
                 lost_creates: 10_000,
                 crash_cycles: 10,
                 crash_rate: 40,
+                tx_kills: 40,
                 outage_cycles: 5,
                 outage_rate: 25,
                 storm: Duration::from_secs(120),
@@ -126,8 +135,10 @@ pub(crate) struct Scale {
     pub(crate) lost_creates: usize,
     /// crash: kill/restart cycles (alternating instances).
     pub(crate) crash_cycles: usize,
-    /// crash: new logical creates per second.
+    /// crash and crash-tx: new logical creates per second.
     pub(crate) crash_rate: usize,
+    /// crash-tx: SIGKILLs per database (alternating instances).
+    pub(crate) tx_kills: usize,
     /// store-outage: outages per store.
     pub(crate) outage_cycles: usize,
     /// store-outage: new logical creates per second.
@@ -333,8 +344,9 @@ pub(crate) fn common_checks(
         results.failures.is_empty(),
         results.describe_failures(),
     );
-    // One row per key is what the unique (user, key) column enforces whatever the layer
-    // does; what this checks is that every client got that row's id, and nothing else exists.
+    // With a store of its own, one row per key is what the database guard keeps within the
+    // TTL whatever the layer does; in transactional mode nothing but the layer does. Either
+    // way this checks that every client got that row's id, and nothing else exists.
     report.check(
         "database: a deployment for every logical create, with the id the client got",
         verification.ok(),
