@@ -27,8 +27,9 @@ pub(crate) mod execute;
 mod keeper;
 pub(crate) mod lease;
 mod outcome;
+pub(crate) mod wait;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -38,12 +39,15 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
-use self::claim::{ClaimToAnswer, NotStarted};
 pub(crate) use self::{answer::reject, keeper::LeaseKeeper};
+use self::{
+    claim::{ClaimToAnswer, NotStarted},
+    wait::InFlightWait,
+};
 use crate::{
     Fingerprint,
     body::{RequestBody, ResponseBody},
-    layer::{Config, InFlightPolicy, StoreFailurePolicy},
+    layer::{Config, StoreFailurePolicy},
     metrics::{Outcome, record_outcome, timed},
     problem::ProblemKind,
     service::Keyed,
@@ -51,9 +55,6 @@ use crate::{
 };
 
 pub(crate) type Answer<B, E> = Result<Response<ResponseBody<B>>, E>;
-
-/// The longest pause between two claims of a waiting duplicate.
-const MAX_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 pub(crate) async fn run<S, St, ReqBody, ResBody>(
     config: Arc<Config<St>>,
@@ -82,12 +83,7 @@ where
     let id = RecordId::new(scope.as_bytes(), &key);
     let span = tracing::debug_span!("idempotency", record = ?id);
     async move {
-        // A deadline past the clock's range is no deadline: wait as long as allowed.
-        let wait_until = match config.in_flight {
-            InFlightPolicy::Wait { timeout, .. } => Some(Instant::now().checked_add(timeout)),
-            InFlightPolicy::Reject { .. } => None,
-        };
-        let mut poll_interval = Duration::from_millis(10);
+        let mut wait = InFlightWait::new(config.in_flight);
         loop {
             // The store starts the lease when it writes the claim, after this: timing it from
             // here never overestimates what is left.
@@ -118,16 +114,9 @@ where
                         tracing::debug!("key reused for a different request");
                         return Ok(reject(&config, ProblemKind::KeyReused));
                     }
-                    let may_wait = match wait_until {
-                        Some(Some(deadline)) => Instant::now() + poll_interval < deadline,
-                        Some(None) => true,
-                        None => false,
-                    };
-                    if !may_wait {
+                    if !wait.pause().await {
                         return Ok(reject(&config, ProblemKind::KeyInUse));
                     }
-                    tokio::time::sleep(poll_interval).await;
-                    poll_interval = (poll_interval * 2).min(MAX_POLL_INTERVAL);
                 }
                 Err(error) => {
                     let kind = match error.kind() {

@@ -14,15 +14,11 @@
 //! ```
 //! Nothing outlives the transaction: a crash anywhere leaves no claim behind.
 
-use std::{
-    sync::{Arc, atomic::AtomicBool},
-    time::Duration,
-};
+use std::sync::{Arc, atomic::AtomicBool};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
@@ -39,8 +35,9 @@ use crate::{
         buffer::{Finished, finish_response},
         execute::{DetachOnDrop, Panicked},
         read_body,
+        wait::InFlightWait,
     },
-    layer::{Config, InFlightPolicy},
+    layer::Config,
     metrics::{Outcome, record_outcome, timed},
     problem::ProblemKind,
     service::Keyed,
@@ -48,9 +45,6 @@ use crate::{
 };
 
 type TxConfig<T> = Config<Transactional<T>>;
-
-/// The longest pause between two looks of a waiting duplicate.
-const MAX_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A keyed request: executed in a transaction that commits its record, or replayed.
 pub(crate) async fn run_keyed<S, T, ReqBody, ResBody>(
@@ -81,11 +75,7 @@ where
     let span = tracing::debug_span!("idempotency", record = ?id, mode = "transactional");
     async move {
         let store = &config.store.0;
-        let wait_until = match config.in_flight {
-            InFlightPolicy::Wait { timeout, .. } => Some(Instant::now().checked_add(timeout)),
-            InFlightPolicy::Reject { .. } => None,
-        };
-        let mut poll_interval = Duration::from_millis(10);
+        let mut wait = InFlightWait::new(config.in_flight);
         loop {
             match timed("lookup", store.lookup(&id)).await {
                 Ok(Some(record)) => return Ok(answer_completed(&config, &record, &fingerprint)),
@@ -104,16 +94,9 @@ where
                     return Ok(answer_completed(&config, &record, &fingerprint));
                 }
                 Ok(Begun::InFlight) => {
-                    let may_wait = match wait_until {
-                        Some(Some(deadline)) => Instant::now() + poll_interval < deadline,
-                        Some(None) => true,
-                        None => false,
-                    };
-                    if !may_wait {
+                    if !wait.pause().await {
                         return Ok(reject(&config, ProblemKind::KeyInUse));
                     }
-                    tokio::time::sleep(poll_interval).await;
-                    poll_interval = (poll_interval * 2).min(MAX_POLL_INTERVAL);
                 }
                 Err(error) => return Ok(store_failed(&config, &error)),
             }
