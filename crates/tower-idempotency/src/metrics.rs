@@ -56,24 +56,67 @@ impl Outcome {
 }
 
 pub(crate) fn record_outcome(outcome: Outcome) {
-    metrics::counter!(REQUESTS_TOTAL, "outcome" => outcome.as_str()).increment(1);
+    // One literal per label value: the macro then builds a static key instead of allocating
+    // one per call, which matters on a path taken by every keyed request.
+    macro_rules! count {
+        ($label:literal) => {
+            metrics::counter!(REQUESTS_TOTAL, "outcome" => $label).increment(1)
+        };
+    }
+    match outcome {
+        Outcome::Executed => count!("executed"),
+        Outcome::Replayed => count!("replayed"),
+        Outcome::Conflict => count!("conflict"),
+        Outcome::Mismatch => count!("mismatch"),
+        Outcome::Rejected => count!("rejected"),
+        Outcome::StoreError => count!("store_error"),
+        Outcome::Unrecorded => count!("unrecorded"),
+    }
 }
 
 pub(crate) fn record_lease_lost() {
     metrics::counter!(LEASE_LOST_TOTAL).increment(1);
 }
 
+/// A store call, as the `operation` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreCall {
+    Claim,
+    Renew,
+    Complete,
+    Release,
+    Lookup,
+    Commit,
+}
+
+impl StoreCall {
+    fn record(self, seconds: f64, failed: bool) {
+        macro_rules! observe {
+            ($label:literal) => {{
+                metrics::histogram!(STORE_DURATION_SECONDS, "operation" => $label).record(seconds);
+                if failed {
+                    metrics::counter!(STORE_ERRORS_TOTAL, "operation" => $label).increment(1);
+                }
+            }};
+        }
+        match self {
+            Self::Claim => observe!("claim"),
+            Self::Renew => observe!("renew"),
+            Self::Complete => observe!("complete"),
+            Self::Release => observe!("release"),
+            Self::Lookup => observe!("lookup"),
+            Self::Commit => observe!("commit"),
+        }
+    }
+}
+
 /// Awaits a store call, recording its latency and failure.
 pub(crate) async fn timed<T, E>(
-    operation: &'static str,
+    operation: StoreCall,
     call: impl Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
     let started = Instant::now();
     let result = call.await;
-    metrics::histogram!(STORE_DURATION_SECONDS, "operation" => operation)
-        .record(started.elapsed().as_secs_f64());
-    if result.is_err() {
-        metrics::counter!(STORE_ERRORS_TOTAL, "operation" => operation).increment(1);
-    }
+    operation.record(started.elapsed().as_secs_f64(), result.is_err());
     result
 }

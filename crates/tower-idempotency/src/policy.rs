@@ -23,14 +23,10 @@ pub(crate) fn forbids_storing(headers: &HeaderMap) -> bool {
 /// (hop-by-hop headers, those the `Connection` header names, `Date`, `Content-Length`) and
 /// `Set-Cookie`, which must never be handed to a retry. Repeated and non-UTF-8 values are
 /// kept as they are.
-pub(crate) fn replayable_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut kept = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        if is_replayable(name) && !named_by_connection(headers, name) {
-            kept.append(name.clone(), value.clone());
-        }
-    }
-    kept
+/// Asked of each field of the handler's response as it is encoded, so that no map of the
+/// kept fields is ever built.
+pub(crate) fn replayable(headers: &HeaderMap, name: &HeaderName) -> bool {
+    is_replayable(name) && !named_by_connection(headers, name)
 }
 
 fn is_replayable(name: &HeaderName) -> bool {
@@ -64,7 +60,16 @@ fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use http::HeaderValue;
+
+    fn replayable_headers(headers: &HeaderMap) -> HeaderMap {
+        headers
+            .iter()
+            .filter(|(name, _)| replayable(headers, name))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect()
+    }
 
     #[test]
     fn drops_cookies_dates_and_hop_by_hop_headers() {

@@ -71,27 +71,14 @@ impl StoredResponse {
     }
 
     pub(crate) fn encode(&self) -> Bytes {
-        let fields_len = |map: &HeaderMap| -> usize {
-            map.iter()
-                .map(|(n, v)| 6 + n.as_str().len() + v.len())
-                .sum()
-        };
-        let trailers_len = self.trailers.as_ref().map_or(0, fields_len);
-        let mut out =
-            BytesMut::with_capacity(8 + fields_len(&self.headers) + trailers_len + self.body.len());
-        out.put_u8(FORMAT_V2);
-        out.put_u8(match self.kept {
-            BodyKept::Yes => 0,
-            BodyKept::No => 1,
-        });
-        out.put_u16(self.status.as_u16());
-        put_fields(&mut out, &self.headers);
-        put_fields(
-            &mut out,
-            self.trailers.as_ref().unwrap_or(&HeaderMap::new()),
-        );
-        out.put_slice(&self.body);
-        out.freeze()
+        encode(
+            self.status,
+            &self.headers,
+            |_| true,
+            self.trailers.as_ref(),
+            &self.body,
+            self.kept,
+        )
     }
 
     pub(crate) fn decode(bytes: &Bytes) -> Result<Self, DecodeError> {
@@ -121,10 +108,45 @@ impl StoredResponse {
     }
 }
 
-fn put_fields(out: &mut BytesMut, fields: &HeaderMap) {
+/// Encodes a response from its parts, keeping the header fields `keep` accepts (the layer
+/// keeps the replayable ones of the handler's response, without copying them first).
+pub(crate) fn encode(
+    status: StatusCode,
+    headers: &HeaderMap,
+    keep: impl Fn(&HeaderName) -> bool,
+    trailers: Option<&HeaderMap>,
+    body: &[u8],
+    kept: BodyKept,
+) -> Bytes {
+    let fields_len = |map: &HeaderMap, keep: &dyn Fn(&HeaderName) -> bool| -> usize {
+        map.iter()
+            .filter(|(n, _)| keep(n))
+            .map(|(n, v)| 6 + n.as_str().len() + v.len())
+            .sum()
+    };
+    let trailers_len = trailers.map_or(0, |t| fields_len(t, &|_| true));
+    let mut out =
+        BytesMut::with_capacity(8 + fields_len(headers, &keep) + trailers_len + body.len());
+    out.put_u8(FORMAT_V2);
+    out.put_u8(match kept {
+        BodyKept::Yes => 0,
+        BodyKept::No => 1,
+    });
+    out.put_u16(status.as_u16());
+    put_fields(&mut out, headers, &keep);
+    match trailers {
+        Some(trailers) => put_fields(&mut out, trailers, &|_| true),
+        None => out.put_u16(0),
+    }
+    out.put_slice(body);
+    out.freeze()
+}
+
+fn put_fields(out: &mut BytesMut, fields: &HeaderMap, keep: &dyn Fn(&HeaderName) -> bool) {
     // HeaderMap caps itself far below u16::MAX entries, and names below u16::MAX bytes.
-    out.put_u16(fields.len() as u16);
-    for (name, value) in fields {
+    let count = fields.iter().filter(|(name, _)| keep(name)).count();
+    out.put_u16(count as u16);
+    for (name, value) in fields.iter().filter(|(name, _)| keep(name)) {
         out.put_u16(name.as_str().len() as u16);
         out.put_slice(name.as_str().as_bytes());
         out.put_u32(value.len() as u32);

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::{Request, Response, request::Parts};
 use http_body::Body;
 use tower::{Service, util::Oneshot};
+use tracing::Instrument;
 
 use crate::{
     IdempotencyKey, Scope,
@@ -94,7 +95,8 @@ where
             }
             Route::Refused(kind) => ResponseFuture::ready(flow::reject(&self.config, kind)),
             Route::Keyed(keyed) => {
-                ResponseFuture::flow(Box::pin(flow::run(Arc::clone(&self.config), inner, keyed)))
+                let flow = flow::run(Arc::clone(&self.config), inner, keyed);
+                ResponseFuture::flow(Box::pin(flow.instrument(flow::span())))
             }
         }
     }

@@ -34,17 +34,69 @@ pub(crate) const MAX_DEPTH: usize = 128;
 /// this many bytes.
 pub(crate) const MAX_PLAIN_ZEROS: i64 = 20;
 
+/// Scratch buffers up to this size are kept per thread between documents; larger ones are
+/// dropped after use, so one huge body does not pin its memory.
+const KEPT_SCRATCH: usize = 64 * 1024;
+
+/// Scratch space for one document: its output and its object members.
+#[derive(Default)]
+struct Scratch {
+    out: Vec<u8>,
+    spans: Vec<(usize, usize, usize)>,
+}
+
+thread_local! {
+    /// Reused by every fingerprint on a thread: canonicalising then allocates nothing.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
 pub(crate) fn canonicalize(input: &[u8]) -> Option<Vec<u8>> {
+    with_canonical(input, <[u8]>::to_vec)
+}
+
+/// Calls `f` with the canonical form of `input`, written to a per-thread buffer; `None` if
+/// `input` is not a JSON document this canonicaliser accepts.
+pub(crate) fn with_canonical<T>(input: &[u8], f: impl FnOnce(&[u8]) -> T) -> Option<T> {
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut scratch) => {
+            let Scratch { out, spans } = &mut *scratch;
+            out.clear();
+            spans.clear();
+            let result = canonicalize_into(input, out, spans).map(|()| f(out));
+            if out.capacity() > KEPT_SCRATCH {
+                *out = Vec::new();
+            }
+            if spans.capacity() * std::mem::size_of::<(usize, usize, usize)>() > KEPT_SCRATCH {
+                *spans = Vec::new();
+            }
+            result
+        }
+        // Only if `f` itself fingerprints (it never does here): use buffers of its own.
+        Err(_) => {
+            let (mut out, mut spans) = (Vec::new(), Vec::new());
+            canonicalize_into(input, &mut out, &mut spans).map(|()| f(&out))
+        }
+    })
+}
+
+fn canonicalize_into(
+    input: &[u8],
+    out: &mut Vec<u8>,
+    spans: &mut Vec<(usize, usize, usize)>,
+) -> Option<()> {
     let mut parser = Parser {
         input,
         pos: 0,
-        spans: Vec::new(),
+        spans: std::mem::take(spans),
     };
-    let mut out = Vec::with_capacity(input.len());
+    out.reserve(input.len());
     parser.skip_whitespace();
-    parser.value(&mut out, 0)?;
-    parser.skip_whitespace();
-    (parser.pos == input.len()).then_some(out)
+    let parsed = parser.value(out, 0).and_then(|()| {
+        parser.skip_whitespace();
+        (parser.pos == input.len()).then_some(())
+    });
+    *spans = parser.spans; // handed back, to be reused
+    parsed
 }
 
 struct Parser<'a> {

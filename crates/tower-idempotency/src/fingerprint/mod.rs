@@ -85,15 +85,15 @@ impl Fingerprint {
         hasher.update(b"\0");
         hasher.update(uri.query().unwrap_or("").as_bytes());
         hasher.update(b"\0");
-        match is_json(headers).then(|| canonical_json(body)).flatten() {
-            Some(canonical) => {
+        let hashed_as_json = is_json(headers)
+            && json::with_canonical(body, |canonical| {
                 hasher.update(b"json\0");
-                hasher.update(&canonical);
-            }
-            None => {
-                hasher.update(b"bytes\0");
-                hasher.update(body);
-            }
+                hasher.update(canonical);
+            })
+            .is_some();
+        if !hashed_as_json {
+            hasher.update(b"bytes\0");
+            hasher.update(body);
         }
         let digest = hasher.finalize();
         let mut bytes = [0; Self::LEN];

@@ -30,7 +30,7 @@ use crate::{
     IdempotencyKey,
     body::RequestBody,
     layer::Config,
-    metrics::timed,
+    metrics::{StoreCall, timed},
     problem::ProblemKind,
     store::{FencingToken, IdempotencyStore, RecordId},
 };
@@ -50,7 +50,12 @@ pub(super) async fn fresh_lease<St: IdempotencyStore>(
         return Some(lease);
     }
     let renewed_at = Instant::now();
-    match timed("renew", config.store.renew(id, token, config.lease)).await {
+    match timed(
+        StoreCall::Renew,
+        config.store.renew(id, token, config.lease),
+    )
+    .await
+    {
         Ok(()) => {
             lease.renewed(renewed_at, config.lease);
             Some(lease)
@@ -66,15 +71,57 @@ pub(super) async fn fresh_lease<St: IdempotencyStore>(
 /// Runs the inner service to completion and records its outcome before answering, even if
 /// the caller goes away: the work is polled in the caller's task, and moved to a task of its
 /// own only if the caller's future is dropped first (the client disconnected).
-pub(super) async fn execute<S, St, ReqBody, ResBody>(
+///
+/// The work is built (and the key handed over to it) at once, outside the `async` block: see
+/// [`run`](super::run) for why.
+pub(super) fn execute<S, St, ReqBody, ResBody>(
     config: Arc<Config<St>>,
     inner: S,
-    mut request: Request<RequestBody<ReqBody>>,
+    request: Request<RequestBody<ReqBody>>,
     key: IdempotencyKey,
     (id, token): (RecordId, FencingToken),
     lease: Lease,
     not_started: NotStarted<St>,
-) -> Answer<ResBody, S::Error>
+) -> impl Future<Output = Answer<ResBody, S::Error>> + Send + 'static
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: IdempotencyStore,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    let work = handler_work(&config, inner, request, key, (id, token), &lease);
+    // From here on, the work runs to its end even if the caller leaves (dropped unpolled,
+    // the work detaches too).
+    not_started.disarm();
+    async move {
+        match work.await {
+            Ok(answer) => answer,
+            Err(Panicked) => {
+                // Free the key before saying so: a client retrying at once must find it free.
+                tracing::error!("the request handler panicked; releasing its idempotency key");
+                lease.finish(); // a renewal refused after the release is no loss
+                Box::pin(release(&config, &id, token)).await; // boxed: rare
+                Ok(reject(&config, ProblemKind::HandlerFailed))
+            }
+        }
+    }
+}
+
+/// The handler's run and its recording, boxed in a [`DetachOnDrop`]. Built outside any
+/// `async` body on purpose: the unboxed work would otherwise take room in the caller's
+/// future too, which the compiler keeps for moved-from locals.
+fn handler_work<S, St, ReqBody, ResBody>(
+    config: &Arc<Config<St>>,
+    inner: S,
+    mut request: Request<RequestBody<ReqBody>>,
+    key: IdempotencyKey,
+    (id, token): (RecordId, FencingToken),
+    lease: &Lease,
+) -> DetachOnDrop<
+    impl Future<Output = Answer<ResBody, S::Error>> + Send + use<S, St, ReqBody, ResBody>,
+>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
@@ -86,45 +133,42 @@ where
     request.extensions_mut().insert(key);
     request.extensions_mut().insert(lease.clone());
     let detached = Arc::new(AtomicBool::new(false));
+    // It also holds what the work needs to know of its claim: one copy in the work.
     let guard = ReleaseIfDetachedPanic {
-        config: Some(Arc::clone(&config)),
+        config: Arc::clone(config),
         detached: Arc::clone(&detached),
         id,
         token,
+        armed: true,
     };
     let running = config.tasks.start();
-    let task_config = Arc::clone(&config);
-    let task_lease = lease.clone();
+    // Boxed on its own: moved into the work, the request would take its room in it twice (as
+    // captured and as awaited), and the work then outgrows the allocator's fast path for
+    // small blocks (glibc's thread cache ends at 1 KiB), which costs more than a second box.
+    let call = Box::pin(inner.oneshot(request));
+    let lease = lease.clone();
     let task = async move {
         let _running = running;
-        let config = task_config;
+        let (config, id, token) = (&guard.config, &guard.id, guard.token);
         // Before the first poll: a handler may block from its very start.
-        let lease = task_lease;
-        let mut renewal = config.leases.register(&config, id, token, &lease);
+        let mut renewal = config.leases.register(config, *id, token, &lease);
         renewal.settle().await;
-        let finished = async {
-            let response = inner.oneshot(request).await?;
-            Ok(finish_response(&config, response).await)
-        }
+        // No `let` for what the handler returned: a binding would keep its room in this
+        // future while `record` holds the value too.
+        let answer = record(config, id, token, &lease, {
+            let finished = match call.await {
+                Ok(response) => Ok(finish_response(config, response).await),
+                Err(error) => Err(error),
+            };
+            lease.finish();
+            finished
+        })
         .await;
-        lease.finish();
-        let answer = record(&config, &id, token, &lease, finished).await;
         drop(renewal);
         guard.disarm();
         answer
     };
-    // From here on, the work runs to its end even if the caller leaves.
-    not_started.disarm();
-    match DetachOnDrop::new(task.in_current_span(), detached).await {
-        Ok(answer) => answer,
-        Err(Panicked) => {
-            // Free the key before saying so: a client retrying at once must find it free.
-            tracing::error!("the request handler panicked; releasing its idempotency key");
-            lease.finish(); // a renewal refused after the release is no loss
-            release(&config, &id, token).await;
-            Ok(reject(&config, ProblemKind::HandlerFailed))
-        }
-    }
+    DetachOnDrop::new(task, detached)
 }
 
 /// The work panicked while polled in the caller's task.
@@ -138,14 +182,18 @@ pub(crate) struct DetachOnDrop<F: Future + Send + 'static> {
     work: Option<Pin<Box<F>>>,
     /// Set once the work runs on a task of its own: a panic there is nobody's to answer.
     detached: Arc<AtomicBool>,
+    /// The span the work runs in, in place or detached (kept here, out of the box).
+    span: tracing::Span,
 }
 
 impl<F: Future + Send + 'static> DetachOnDrop<F> {
-    /// `work`, polled in place; `detached` is set if it moves to a task of its own.
+    /// `work`, polled in place in the current span; `detached` is set if it moves to a task
+    /// of its own.
     pub(crate) fn new(work: F, detached: Arc<AtomicBool>) -> Self {
         Self {
             work: Some(Box::pin(work)),
             detached,
+            span: tracing::Span::current(),
         }
     }
 }
@@ -154,7 +202,9 @@ impl<F: Future + Send + 'static> Future for DetachOnDrop<F> {
     type Output = Result<F::Output, Panicked>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(work) = self.work.as_mut() else {
+        let this = &mut *self;
+        let _entered = this.span.enter();
+        let Some(work) = this.work.as_mut() else {
             return Poll::Pending; // polled after completion: never resolves again
         };
         // A panicking handler must not take the connection down with it: catch it here, as
@@ -162,11 +212,11 @@ impl<F: Future + Send + 'static> Future for DetachOnDrop<F> {
         match std::panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(output)) => {
-                self.work = None;
+                this.work = None;
                 Poll::Ready(Ok(output))
             }
             Err(_) => {
-                self.work = None; // drop the half-run work; the caller releases the key
+                this.work = None; // drop the half-run work; the caller releases the key
                 Poll::Ready(Err(Panicked))
             }
         }
@@ -181,7 +231,10 @@ impl<F: Future + Send + 'static> Drop for DetachOnDrop<F> {
         self.detached.store(true, Ordering::Release);
         match tokio::runtime::Handle::try_current() {
             // Nobody is left to hear the answer; what matters is that it is recorded.
-            Ok(runtime) => drop(runtime.spawn(async move { drop(work.await) })),
+            Ok(runtime) => {
+                let work = async move { drop(work.await) };
+                drop(runtime.spawn(work.instrument(self.span.clone())));
+            }
             Err(_) => tracing::error!("no runtime to finish a detached request on"),
         }
     }
@@ -191,27 +244,25 @@ impl<F: Future + Send + 'static> Drop for DetachOnDrop<F> {
 /// so the next retry need not wait for the lease to run out. In the caller's task the panic
 /// is answered by [`execute`], which releases first.
 struct ReleaseIfDetachedPanic<St: IdempotencyStore> {
-    config: Option<Arc<Config<St>>>,
+    config: Arc<Config<St>>,
     detached: Arc<AtomicBool>,
     id: RecordId,
     token: FencingToken,
+    armed: bool,
 }
 
 impl<St: IdempotencyStore> ReleaseIfDetachedPanic<St> {
     fn disarm(mut self) {
-        self.config = None;
+        self.armed = false;
     }
 }
 
 impl<St: IdempotencyStore> Drop for ReleaseIfDetachedPanic<St> {
     fn drop(&mut self) {
-        let Some(config) = self.config.take() else {
-            return;
-        };
-        if !self.detached.load(Ordering::Acquire) {
+        if !self.armed || !self.detached.load(Ordering::Acquire) {
             return;
         }
-        let (id, token) = (self.id, self.token);
+        let (config, id, token) = (Arc::clone(&self.config), self.id, self.token);
         tracing::error!("a detached request handler panicked; releasing its idempotency key");
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move { release(&config, &id, token).await });

@@ -22,7 +22,7 @@ use tokio::{sync::Notify, task::JoinHandle, time::Instant};
 use super::lease::Lease;
 use crate::{
     layer::Config,
-    metrics::timed,
+    metrics::{StoreCall, timed},
     store::{FencingToken, IdempotencyStore, RecordId, StoreErrorKind},
 };
 
@@ -203,7 +203,11 @@ async fn renew<St: IdempotencyStore>(
     lease: Lease,
 ) {
     let sent = Instant::now();
-    let result = timed("renew", config.store.renew(&id, token, config.lease)).await;
+    let result = timed(
+        StoreCall::Renew,
+        config.store.renew(&id, token, config.lease),
+    )
+    .await;
     let keep_entry = match result {
         Ok(()) => {
             lease.renewed(sent, config.lease);

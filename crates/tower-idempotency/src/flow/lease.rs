@@ -9,8 +9,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio::{sync::Notify, time::Instant};
 
 use crate::metrics::record_lease_lost;
 
@@ -26,7 +25,10 @@ use crate::metrics::record_lease_lost;
 pub struct Lease(Arc<State>);
 
 struct State {
-    lost: CancellationToken,
+    /// Set once, never cleared; `lost_wake` wakes those waiting in [`Lease::lost`]. (A
+    /// `CancellationToken` would do too, at the price of an allocation per request.)
+    lost: AtomicBool,
+    lost_wake: Notify,
     times: Mutex<Times>,
     /// The handler is done; its outcome is being recorded. A renewal that then finds the
     /// record completed is no loss.
@@ -47,7 +49,8 @@ impl Lease {
     pub(crate) fn starting_at(start: Instant, lease: Duration) -> Self {
         let now = start;
         Self(Arc::new(State {
-            lost: CancellationToken::new(),
+            lost: AtomicBool::new(false),
+            lost_wake: Notify::new(),
             times: Mutex::new(Times {
                 held_until: later(now, lease),
                 renew_at: later(now, lease / 3),
@@ -67,12 +70,18 @@ impl Lease {
 
     /// Whether the claim was lost: another request may be running with this key.
     pub fn is_lost(&self) -> bool {
-        self.0.lost.is_cancelled()
+        self.0.lost.load(Ordering::Acquire)
     }
 
     /// Resolves when the claim is lost (never, if the handler keeps it to the end).
     pub async fn lost(&self) {
-        self.0.lost.cancelled().await;
+        let notified = self.0.lost_wake.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the check, so a loss between the two still wakes it.
+        notified.as_mut().enable();
+        if !self.is_lost() {
+            notified.await;
+        }
     }
 
     fn times(&self) -> std::sync::MutexGuard<'_, Times> {
@@ -101,8 +110,8 @@ impl Lease {
     }
 
     pub(crate) fn mark_lost(&self, why: &str) {
-        if !self.0.lost.is_cancelled() {
-            self.0.lost.cancel();
+        if !self.0.lost.swap(true, Ordering::AcqRel) {
+            self.0.lost_wake.notify_waiters();
             record_lease_lost();
             tracing::error!(why, "a running request lost its idempotency claim");
         }

@@ -18,12 +18,14 @@
 //! (a claim whose caller leaves is finished, and its key released),
 //! `execute` (running the handler, detaching, panics), `keeper` (the task renewing running
 //! claims), `lease` (the handler's [`Lease`](crate::Lease)), `buffer` (reading the response
-//! to store it), `outcome` (complete / release with retries).
+//! to store it), `gather` (a body's frames in one buffer), `outcome` (complete / release
+//! with retries).
 
 pub(crate) mod answer;
 pub(crate) mod buffer;
 mod claim;
 pub(crate) mod execute;
+mod gather;
 mod keeper;
 pub(crate) mod lease;
 mod outcome;
@@ -37,18 +39,18 @@ use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
-use tracing::Instrument;
 
 pub(crate) use self::{answer::reject, keeper::LeaseKeeper};
 use self::{
     claim::{ClaimToAnswer, NotStarted},
+    gather::Gathered,
     wait::InFlightWait,
 };
 use crate::{
     Fingerprint,
     body::{RequestBody, ResponseBody},
     layer::{Config, StoreFailurePolicy},
-    metrics::{Outcome, record_outcome, timed},
+    metrics::{Outcome, StoreCall, record_outcome, timed},
     problem::ProblemKind,
     service::Keyed,
     store::{Claim, IdempotencyStore, RecordId, StoreErrorKind},
@@ -56,7 +58,13 @@ use crate::{
 
 pub(crate) type Answer<B, E> = Result<Response<ResponseBody<B>>, E>;
 
-pub(crate) async fn run<S, St, ReqBody, ResBody>(
+/// One keyed request's future. A plain function returning an `async` block, as are the
+/// other large steps here: an `async fn` keeps a second copy of its arguments (rustc#62958),
+/// and this future is allocated once per request; values are moved, where they can be, in
+/// the expression that uses them, never through a binding that stays in the future.
+// Not an `async fn` on purpose (see the docs above).
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn run<S, St, ReqBody, ResBody>(
     config: Arc<Config<St>>,
     inner: S,
     Keyed {
@@ -65,7 +73,7 @@ pub(crate) async fn run<S, St, ReqBody, ResBody>(
         key,
         scope,
     }: Keyed<ReqBody>,
-) -> Answer<ResBody, S::Error>
+) -> impl Future<Output = Answer<ResBody, S::Error>> + Send + 'static
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
@@ -75,21 +83,25 @@ where
     ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
-    let body = match read_body(body, config.max_request_body).await {
-        Ok(body) => body,
-        Err(kind) => return Ok(reject(&config, kind)),
-    };
-    let fingerprint = Fingerprint::of_parts(&parts, &body);
-    let id = RecordId::new(scope.as_bytes(), &key);
-    let span = tracing::debug_span!("idempotency", record = ?id);
     async move {
+        let body = match read_body(body, config.max_request_body).await {
+            Ok(body) => body,
+            Err(kind) => return Ok(reject(&config, kind)),
+        };
+        let fingerprint = Fingerprint::of_parts(&parts, &body);
+        let id = RecordId::new(scope.as_bytes(), &key);
+        tracing::Span::current().record("record", tracing::field::debug(&id));
         let mut wait = InFlightWait::new(config.in_flight);
         loop {
             // The store starts the lease when it writes the claim, after this: timing it from
             // here never overestimates what is left.
             let sent = Instant::now();
-            let claim = timed("claim", ClaimToAnswer::new(&config, id, fingerprint)).await;
-            match claim {
+            match timed(
+                StoreCall::Claim,
+                ClaimToAnswer::new(&config, id, fingerprint),
+            )
+            .await
+            {
                 Ok(Claim::Acquired(token)) => {
                     tracing::debug!("claimed; executing");
                     let not_started = NotStarted::new(&config, id, token);
@@ -97,9 +109,16 @@ where
                         not_started.disarm(); // released already
                         return Ok(reject(&config, ProblemKind::StoreUnavailable));
                     };
-                    let request = Request::from_parts(parts, RequestBody::buffered(body));
-                    return execute::execute(config, inner, request, key, (id, token), lease, not_started)
-                        .await;
+                    return execute::execute(
+                        config,
+                        inner,
+                        Request::from_parts(parts, RequestBody::buffered(body)),
+                        key,
+                        (id, token),
+                        lease,
+                        not_started,
+                    )
+                    .await;
                 }
                 Ok(Claim::Completed(record)) => {
                     if record.fingerprint != fingerprint {
@@ -140,7 +159,8 @@ where
                             let mut request =
                                 Request::from_parts(parts, RequestBody::buffered(body));
                             request.extensions_mut().insert(key);
-                            let response = inner.oneshot(request).await?;
+                            // Boxed: this rare path would otherwise size every request's future.
+                            let response = Box::pin(inner.oneshot(request)).await?;
                             Ok(response.map(ResponseBody::inner))
                         }
                         _ => Ok(reject(&config, kind)),
@@ -149,8 +169,11 @@ where
             }
         }
     }
-    .instrument(span)
-    .await
+}
+
+/// The span every keyed request runs in; `record` (its id) is filled in once known.
+pub(crate) fn span() -> tracing::Span {
+    tracing::debug_span!("idempotency", record = tracing::field::Empty)
 }
 
 /// Reads the whole request body, up to `limit` bytes, to fingerprint it.
@@ -162,9 +185,21 @@ where
     if body.size_hint().lower() > limit as u64 {
         return Err(ProblemKind::RequestTooLarge);
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(ProblemKind::RequestTooLarge),
-        Err(_) => Err(ProblemKind::RequestUnreadable),
+    let mut body = std::pin::pin!(Limited::new(body, limit));
+    let mut gathered = Gathered::default();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            // Trailers of a request do not count: they are not fingerprinted.
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    gathered.push(data);
+                }
+            }
+            Err(error) if error.is::<LengthLimitError>() => {
+                return Err(ProblemKind::RequestTooLarge);
+            }
+            Err(_) => return Err(ProblemKind::RequestUnreadable),
+        }
     }
+    Ok(gathered.into_bytes())
 }

@@ -3,12 +3,14 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
 use super::{Answer, buffer::Finished, lease::Lease};
+use crate::record::StoredResponse;
 use crate::{
     layer::Config,
-    metrics::{Outcome, record_outcome, timed},
+    metrics::{Outcome, StoreCall, record_outcome, timed},
     store::{FencingToken, IdempotencyStore, RecordId, StoreErrorKind},
 };
 
@@ -19,61 +21,83 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const COMPLETE_ATTEMPTS: u32 = 5;
 
 /// Stores (or releases) the outcome of a handler that ran, then hands back its answer.
-pub(super) async fn record<St, B, E>(
-    config: &Config<St>,
-    id: &RecordId,
+///
+/// A plain function returning an `async` block rather than an `async fn`, whose arguments
+/// the compiler keeps twice: `finished` is large. It is only borrowed until the store has
+/// answered and moved out after, for the same reason.
+// Not an `async fn` on purpose (see the docs above).
+#[allow(clippy::manual_async_fn)]
+pub(super) fn record<'a, St, B, E>(
+    config: &'a Config<St>,
+    id: &'a RecordId,
     token: FencingToken,
-    lease: &Lease,
+    lease: &'a Lease,
     finished: Result<Finished<B>, E>,
-) -> Answer<B, E>
+) -> impl Future<Output = Answer<B, E>> + Send + 'a
 where
     St: IdempotencyStore,
+    B: Send + 'a,
+    E: Send + 'a,
 {
-    record_outcome(Outcome::Executed);
-    match finished {
-        Ok(Finished::Store {
-            record,
-            fallback,
-            response,
-        }) => {
-            complete(config, id, token, lease, record, fallback).await;
-            Ok(response)
+    async move {
+        record_outcome(Outcome::Executed);
+        // Only the status and headers are lent across the store call: the body need not be `Sync`.
+        let store = match &finished {
+            Ok(Finished::Store {
+                record,
+                small,
+                response,
+            }) => Some((
+                record,
+                (!small).then(|| (response.status(), response.headers())),
+            )),
+            _ => None,
+        };
+        match store {
+            Some((record, fallback)) => complete(config, id, token, lease, record, fallback).await,
+            None => release(config, id, token).await,
         }
-        Ok(Finished::Release { response }) => {
-            release(config, id, token).await;
-            Ok(response)
-        }
-        Err(error) => {
-            release(config, id, token).await;
-            Err(error)
+        match finished {
+            Ok(Finished::Store { response, .. } | Finished::Release { response }) => Ok(response),
+            Err(error) => Err(error),
         }
     }
 }
 
-/// Completes the record, retrying a few times within the lease. The key is never released here:
-/// the handler ran, and a freed key would let a retry run it again.
+/// Completes the record, retrying a few times within the lease. Should the store have no room
+/// for it, it records instead that the request ran, from `fallback`'s status and `Location`
+/// (`None`: `record` is that small record already). The key is never released here: the
+/// handler ran, and a freed key would let a retry run it again.
 async fn complete<St: IdempotencyStore>(
     config: &Config<St>,
     id: &RecordId,
     token: FencingToken,
     lease: &Lease,
-    mut record: Bytes,
-    fallback: Bytes,
+    record: &Bytes,
+    mut fallback: Option<(StatusCode, &HeaderMap)>,
 ) {
+    let mut smaller: Option<Bytes> = None;
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1u32;
     loop {
+        let bytes = smaller.clone().unwrap_or_else(|| record.clone());
         let result = timed(
-            "complete",
-            config.store.complete(id, token, record.clone(), config.ttl),
+            StoreCall::Complete,
+            config.store.complete(id, token, bytes, config.ttl),
         )
         .await;
         let Err(error) = result else { return };
         match error.kind() {
-            StoreErrorKind::CapacityExhausted if record.len() > fallback.len() => {
-                tracing::warn!(%error, "no room for the response; recording that the request ran");
-                record = fallback.clone();
-                continue;
+            StoreErrorKind::CapacityExhausted => {
+                let small = fallback
+                    .take()
+                    .map(|(status, headers)| StoredResponse::not_kept(status, headers))
+                    .filter(|small| small.len() < record.len());
+                if let Some(small) = small {
+                    tracing::warn!(%error, "no room for the response; recording that the request ran");
+                    smaller = Some(small);
+                    continue;
+                }
             }
             StoreErrorKind::LeaseLost => {
                 lease.mark_lost("the store refused to complete the record");
@@ -94,7 +118,8 @@ async fn complete<St: IdempotencyStore>(
             return;
         }
         tracing::warn!(%error, attempt, "could not store the response; retrying");
-        tokio::time::sleep_until(retry_at).await;
+        // Boxed: a timer takes room in the future, and retries are rare.
+        Box::pin(tokio::time::sleep_until(retry_at)).await;
         backoff = (backoff * 2).min(config.lease / 4);
         attempt += 1;
     }
@@ -107,7 +132,7 @@ pub(super) async fn release<St: IdempotencyStore>(
     id: &RecordId,
     token: FencingToken,
 ) {
-    if let Err(error) = timed("release", config.store.release(id, token)).await {
+    if let Err(error) = timed(StoreCall::Release, config.store.release(id, token)).await {
         tracing::warn!(%error, "could not release the key; it is free once its lease ends");
     }
 }

@@ -38,7 +38,7 @@ use crate::{
         wait::InFlightWait,
     },
     layer::Config,
-    metrics::{Outcome, record_outcome, timed},
+    metrics::{Outcome, StoreCall, record_outcome, timed},
     problem::ProblemKind,
     service::Keyed,
     store::{CompletedRecord, RecordId, StoreError, StoreErrorKind},
@@ -77,12 +77,17 @@ where
         let store = &config.store.0;
         let mut wait = InFlightWait::new(config.in_flight);
         loop {
-            match timed("lookup", store.lookup(&id)).await {
+            match timed(StoreCall::Lookup, store.lookup(&id)).await {
                 Ok(Some(record)) => return Ok(answer_completed(&config, &record, &fingerprint)),
                 Ok(None) => {}
                 Err(error) => return Ok(store_failed(&config, &error)),
             }
-            match timed("claim", store.claim(&id, config.transaction_timeout)).await {
+            match timed(
+                StoreCall::Claim,
+                store.claim(&id, config.transaction_timeout),
+            )
+            .await
+            {
                 Ok(Begun::Claimed(transaction)) => {
                     tracing::debug!("claimed in a transaction; executing");
                     let mut request = Request::from_parts(parts, RequestBody::buffered(body));
@@ -197,7 +202,7 @@ where
             response: record,
             ttl: config.ttl,
         };
-        match timed("commit", store.commit(transaction, Some(new))).await {
+        match timed(StoreCall::Commit, store.commit(transaction, Some(new))).await {
             Ok(()) => Ok(response),
             Err(CommitError::Conflict) => {
                 // Another transaction committed this key first: ours rolled back. Answer as
@@ -221,7 +226,7 @@ where
         }
     };
     let detached = Arc::new(AtomicBool::new(false));
-    match DetachOnDrop::new(work.in_current_span(), detached).await {
+    match DetachOnDrop::new(work, detached).await {
         Ok(answer) => answer,
         // The work, and the transaction with it, is dropped: rolled back.
         Err(Panicked) => {
