@@ -288,7 +288,10 @@ impl RedisStore {
         let mut args: Vec<&[u8]> = Vec::with_capacity(1 + extra.len());
         args.push(&token);
         args.extend_from_slice(extra);
-        let answer = within(self.deadline, script.run(&self.connection, key, &args)).await?;
+        // Boxed, as every command is (see `Connection::query`): kept small, the store's
+        // futures do not size the layer's.
+        let run = Box::pin(script.run(&self.connection, key, &args));
+        let answer = within(self.deadline, run).await?;
         match answer {
             Value::Int(1) => Ok(()),
             Value::Int(0) => Err(StoreError::lease_lost()),

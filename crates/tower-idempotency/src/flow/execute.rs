@@ -49,6 +49,17 @@ pub(super) async fn fresh_lease<St: IdempotencyStore>(
     if left >= config.lease / 2 {
         return Some(lease);
     }
+    // Boxed: rare, and a store's futures may be large (they would size every request's).
+    Box::pin(renew_late(config, id, token, lease, left)).await
+}
+
+async fn renew_late<St: IdempotencyStore>(
+    config: &Config<St>,
+    id: &RecordId,
+    token: FencingToken,
+    lease: Lease,
+    left: std::time::Duration,
+) -> Option<Lease> {
     let renewed_at = Instant::now();
     match timed(
         StoreCall::Renew,
