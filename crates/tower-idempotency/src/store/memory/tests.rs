@@ -540,3 +540,26 @@ fn a_slot_takes_80_bytes() {
     // module docs and `RECORD_OVERHEAD` count on it.
     assert_eq!(std::mem::size_of::<slab::Slot>(), 80);
 }
+
+#[test]
+fn a_heap_item_takes_12_bytes_and_orders_as_its_deadline_and_slot() {
+    use std::cmp::Reverse;
+
+    use shard::Item;
+
+    assert_eq!(std::mem::size_of::<Reverse<Item>>(), 12);
+    let pairs = [
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (u64::from(u32::MAX), 7),
+        (u64::from(u32::MAX) + 1, 0),
+        (u64::MAX, u32::MAX),
+    ];
+    for a in pairs {
+        assert_eq!(Item::new(a.0, a.1).0.get(), a);
+        for b in pairs {
+            assert_eq!(Item::new(a.0, a.1).cmp(&Item::new(b.0, b.1)), b.cmp(&a));
+        }
+    }
+}
