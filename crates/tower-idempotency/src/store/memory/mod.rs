@@ -4,6 +4,23 @@
 //! bytes, with leases and TTLs tracked in per-shard min-heaps so that expired records are
 //! reclaimed a few at a time as traffic passes, never by a full scan.
 //!
+//! # Layout
+//!
+//! Each shard keeps its records in a slab: pages of 1,024 slots of 80 bytes (id, fingerprint,
+//! deadline, token or completion time, response), each page allocated once and never moved,
+//! with a list of freed slots to reuse. Everything else refers to a record by its 4-byte slot
+//! number, so that its 32-byte id is stored once: the index (a `hashbrown` table of slot
+//! numbers, hashed by the id's first bytes, which are already uniform) and the two deadline
+//! heaps (12-byte `(deadline, slot)` items). A heap item is current while its slot holds a
+//! record with that deadline; the lease heap drops its stale items (left by completions,
+//! releases and renewals) whenever they outnumber the claims in flight by more than 64, so it
+//! never holds more than twice as many items as there are claims in flight, plus 64. A completed response is one allocation, kept
+//! without a [`Bytes`] header (the very buffer given to `complete` when it is its only
+//! handle), and copied out for each replay. A completed record thus costs 80 to 90 bytes
+//! beyond its id and response: 48 in its slot, 12 in its TTL heap item, 5 in its index entry,
+//! the allocator's header on its response (8 with glibc), and the headroom of the table and
+//! the heap.
+//!
 //! # Budgets
 //!
 //! - **Bytes** ([`max_bytes`](MemoryStoreBuilder::max_bytes)) are one budget for the whole
@@ -57,6 +74,7 @@
 
 mod budget;
 mod shard;
+mod slab;
 #[cfg(test)]
 mod tests;
 
@@ -82,10 +100,11 @@ use super::{
 };
 use crate::Fingerprint;
 
-/// Bytes charged per record on top of its response: about what its map slot (96 bytes) and
-/// its deadline-heap item (40) take; the hash table's headroom and stale heap items are not
-/// counted. Keeps the byte budget honest for small responses. A claim in flight is charged
-/// [`CLAIM_CHARGE`] instead.
+/// Bytes charged per record on top of its response: a little more than what it costs, 110
+/// to 125 bytes with its id (see the [module docs](self#layout)): its slot (80 bytes), its
+/// deadline-heap item (12), its index entry (5), the allocator's header on its response (8 or
+/// so) and the headroom of the index and the heaps. Keeps the byte budget honest for small
+/// responses. A claim in flight is charged [`CLAIM_CHARGE`] instead.
 const RECORD_OVERHEAD: usize = 128;
 
 /// Bytes charged for a claim in flight: its own record, and the room its completion is

@@ -1,69 +1,90 @@
-//! One shard: a map of records and two deadline heaps, behind one of the store's mutexes.
+//! One shard: a slab of records, an index over it and two deadline queues, behind one of the
+//! store's mutexes.
 //!
 //! Everything here runs under that mutex. Bytes are charged against the store's shared
 //! [`ByteBudget`] and mirrored in the shard's own count, so that what a shard's records hold
 //! is known wherever they are evicted from.
 
-use std::{
-    cmp::Reverse,
-    collections::{BinaryHeap, HashMap},
-    hash::{BuildHasherDefault, Hasher},
-};
+use std::{cmp::Reverse, collections::BinaryHeap};
 
 use bytes::Bytes;
+use hashbrown::HashTable;
 
 use super::{
     CLAIM_CHARGE, RECLAIM_BATCH, RECORD_OVERHEAD,
     budget::{ByteBudget, Grant},
+    slab::{Slab, Slot, State},
 };
 use crate::{
     Fingerprint,
     store::{Claim, CompletedRecord, FencingToken, RecordId, StoreError},
 };
 
-/// A min-heap of `(deadline, id)`.
-type Deadlines = BinaryHeap<Reverse<(u64, RecordId)>>;
+/// A min-heap of `(deadline, slot)`.
+type Deadlines = BinaryHeap<Reverse<Item>>;
+
+/// A deadline-heap item: `(deadline, slot)` in 12 bytes (a `(u64, u32)` takes 16), ordered
+/// as that pair is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct Item {
+    deadline_high: u32,
+    deadline_low: u32,
+    slot: u32,
+}
+
+impl Item {
+    pub(super) fn new(deadline: u64, slot: u32) -> Reverse<Self> {
+        Reverse(Self {
+            deadline_high: (deadline >> 32) as u32,
+            deadline_low: deadline as u32,
+            slot,
+        })
+    }
+
+    pub(super) fn get(self) -> (u64, u32) {
+        let deadline = u64::from(self.deadline_high) << 32 | u64::from(self.deadline_low);
+        (deadline, self.slot)
+    }
+}
+
+/// Stale lease items tolerated beyond twice the claims in flight before the lease heap is
+/// rebuilt without them.
+const LEASE_SLACK: usize = 64;
 
 pub(super) struct Shard {
-    map: HashMap<RecordId, Entry, BuildHasherDefault<IdHasher>>,
-    /// Deadlines of records in flight (leases). An item is current while its entry's deadline
-    /// still equals it; renewals and completions push a new item (here or in `ttls`) and
-    /// leave the old one to be skipped when it comes up.
+    /// The records, by slot number.
+    slab: Slab,
+    /// The slot number of every record, found by its id.
+    index: HashTable<u32>,
+    /// Deadlines of records in flight (leases). An item is current while its slot is in
+    /// flight with that deadline; renewals, completions and releases leave the old item
+    /// behind, to be skipped when it comes up or dropped when the heap is rebuilt (once it
+    /// holds more than `2 × in_flight + LEASE_SLACK` items).
     leases: Deadlines,
     /// Deadlines of completed records (TTLs), which are also the eviction order: kept apart
-    /// from `leases` so that eviction never wades through claims in flight.
+    /// from `leases` so that eviction never wades through claims in flight. An item is
+    /// current while its slot is completed with that deadline.
     ttls: Deadlines,
+    /// Records in flight.
+    in_flight: usize,
     /// Bytes charged for this shard's records: its part of the store's budget.
     bytes: usize,
     max_entries: usize,
 }
 
-struct Entry {
-    /// Milliseconds since the store's origin at which the lease or TTL ends.
-    deadline: u64,
-    state: State,
+/// Record ids are SHA-256 outputs: their first eight bytes are already a uniform hash.
+fn hash(id: &RecordId) -> u64 {
+    let [a, b, c, d, e, f, g, h, ..] = id.0;
+    u64::from_le_bytes([a, b, c, d, e, f, g, h])
 }
 
-enum State {
-    InFlight {
-        fingerprint: Fingerprint,
-        token: u64,
-    },
-    Completed {
-        fingerprint: Fingerprint,
-        response: Bytes,
-        completed_at: u64,
-    },
-}
-
-impl Entry {
-    /// What the record holds of the byte budget: a claim holds the reservation for its
-    /// completion, a completed record what it keeps.
-    fn cost(&self) -> usize {
-        match &self.state {
-            State::InFlight { .. } => CLAIM_CHARGE,
-            State::Completed { response, .. } => RECORD_OVERHEAD + response.len(),
-        }
+/// What the record in `slot` holds of the byte budget: a claim holds the reservation for its
+/// completion, a completed record what it keeps.
+fn cost(slot: &Slot) -> usize {
+    match slot.state() {
+        State::Free => 0,
+        State::InFlight { .. } => CLAIM_CHARGE,
+        State::Completed { response, .. } => RECORD_OVERHEAD + response.len(),
     }
 }
 
@@ -77,18 +98,22 @@ pub(super) enum Reach {
 }
 
 impl Shard {
+    /// A shard of at most `max_entries` records (and never more than `u32::MAX`, the most
+    /// slot numbers there are).
     pub(super) fn new(max_entries: usize) -> Self {
         Self {
-            map: HashMap::default(),
+            slab: Slab::default(),
+            index: HashTable::new(),
             leases: BinaryHeap::new(),
             ttls: BinaryHeap::new(),
+            in_flight: 0,
             bytes: 0,
-            max_entries,
+            max_entries: max_entries.min(usize::try_from(u32::MAX).unwrap_or(usize::MAX)),
         }
     }
 
     pub(super) fn len(&self) -> usize {
-        self.map.len()
+        self.index.len()
     }
 
     #[cfg(test)]
@@ -96,27 +121,37 @@ impl Shard {
         self.bytes
     }
 
+    /// The slot of the record of `id`, if any.
+    fn lookup(&self, id: &RecordId) -> Option<u32> {
+        let slab = &self.slab;
+        self.index
+            .find(hash(id), |&slot| slab.get(slot).id == *id)
+            .copied()
+    }
+
+    /// The record of `id`, if any.
+    fn record(&self, id: &RecordId) -> Option<&Slot> {
+        self.lookup(id).map(|slot| self.slab.get(slot))
+    }
+
     /// What a claim finds in a live record, if one exists.
     pub(super) fn found(&self, id: &RecordId, now: u64) -> Option<Claim> {
-        let entry = self.map.get(id).filter(|e| e.deadline > now)?;
-        Some(match &entry.state {
-            State::InFlight { fingerprint, .. } => Claim::InFlight {
-                fingerprint: *fingerprint,
-            },
-            State::Completed {
-                fingerprint,
-                response,
-                ..
-            } => Claim::Completed(CompletedRecord {
-                fingerprint: *fingerprint,
-                response: response.clone(),
+        let slot = self.record(id).filter(|s| s.deadline > now)?;
+        match slot.state() {
+            State::Free => None,
+            State::InFlight { .. } => Some(Claim::InFlight {
+                fingerprint: slot.fingerprint,
             }),
-        })
+            State::Completed { response, .. } => Some(Claim::Completed(CompletedRecord {
+                fingerprint: slot.fingerprint,
+                response: Bytes::copy_from_slice(response),
+            })),
+        }
     }
 
     /// Whether one more record fits the shard's entry budget.
     pub(super) fn has_entry_room(&self) -> bool {
-        self.map.len() < self.max_entries
+        self.index.len() < self.max_entries
     }
 
     /// Adds a claim in flight, holding `grant` (of [`CLAIM_CHARGE`] bytes). Any record of
@@ -129,24 +164,45 @@ impl Shard {
         deadline: u64,
         grant: Grant<'_>,
     ) {
-        let entry = Entry {
-            deadline,
-            state: State::InFlight { fingerprint, token },
-        };
+        debug_assert!(self.lookup(&id).is_none(), "a claim replaced a record");
+        let record = Slot::in_flight(id, fingerprint, token, deadline);
         let charged = grant.commit();
-        debug_assert_eq!(charged, entry.cost());
+        debug_assert_eq!(charged, cost(&record));
         self.bytes += charged;
-        self.leases.push(Reverse((deadline, id)));
-        let old = self.map.insert(id, entry);
-        debug_assert!(old.is_none(), "a claim replaced a record");
+        let slot = self.slab.insert(record);
+        let slab = &self.slab;
+        self.index
+            .insert_unique(hash(&id), slot, |&s| hash(&slab.get(s).id));
+        self.in_flight += 1;
+        self.leases.push(Item::new(deadline, slot));
+        self.compact_leases();
     }
 
     /// Removes the record of `id`, if any, and gives its bytes back.
     pub(super) fn remove(&mut self, id: &RecordId, budget: &ByteBudget) {
-        if let Some(old) = self.map.remove(id) {
-            let cost = old.cost();
-            self.bytes -= cost;
-            budget.refund(cost);
+        if let Some(slot) = self.lookup(id) {
+            self.remove_slot(slot, budget);
+        }
+    }
+
+    /// Removes the record in `slot` (which must hold one) and gives its bytes back.
+    fn remove_slot(&mut self, slot: u32, budget: &ByteBudget) {
+        let id = self.slab.get(slot).id;
+        match self.index.find_entry(hash(&id), |&s| s == slot) {
+            Ok(entry) => {
+                entry.remove();
+            }
+            Err(_) => debug_assert!(false, "slot {slot} is not indexed"),
+        }
+        let record = self.slab.get(slot);
+        let cost = cost(record);
+        let was_in_flight = record.is_in_flight();
+        self.bytes -= cost;
+        budget.refund(cost);
+        self.slab.free(slot);
+        if was_in_flight {
+            self.in_flight -= 1;
+            self.compact_leases();
         }
     }
 
@@ -157,15 +213,13 @@ impl Shard {
         token: FencingToken,
         now: u64,
     ) -> Result<Fingerprint, StoreError> {
-        match self.map.get(id) {
-            Some(Entry {
-                deadline,
-                state:
-                    State::InFlight {
-                        fingerprint,
-                        token: t,
-                    },
-            }) if *deadline > now && *t == token.get() => Ok(*fingerprint),
+        match self.record(id) {
+            Some(slot)
+                if slot.deadline > now
+                    && slot.state() == (State::InFlight { token: token.get() }) =>
+            {
+                Ok(slot.fingerprint)
+            }
             _ => Err(StoreError::lease_lost()),
         }
     }
@@ -179,9 +233,13 @@ impl Shard {
         deadline: u64,
     ) -> Result<(), StoreError> {
         self.owned(id, token, now)?;
-        if let Some(entry) = self.map.get_mut(id) {
-            entry.deadline = deadline;
-            self.leases.push(Reverse((deadline, *id)));
+        if let Some(slot) = self.lookup(id) {
+            let record = self.slab.get_mut(slot);
+            if record.deadline != deadline {
+                record.deadline = deadline;
+                self.leases.push(Item::new(deadline, slot));
+                self.compact_leases();
+            }
         }
         Ok(())
     }
@@ -196,20 +254,19 @@ impl Shard {
         grant: Option<Grant<'_>>,
         budget: &ByteBudget,
     ) {
-        let Some(entry) = self.map.get_mut(id) else {
+        let Some(slot) = self.lookup(id) else {
             debug_assert!(false, "completing a record that does not exist");
             return;
         };
-        let before = entry.cost();
-        *entry = Entry {
-            deadline: completed.deadline,
-            state: State::Completed {
-                fingerprint: completed.fingerprint,
-                response: completed.response,
-                completed_at: completed.now,
-            },
-        };
-        let after = entry.cost();
+        // One allocation, without the `Bytes` header: the buffer itself when the response
+        // is the only handle on a vector (as the layer's encoded records are).
+        let response = Vec::from(completed.response).into_boxed_slice();
+        let record = self.slab.get_mut(slot);
+        debug_assert!(record.is_in_flight(), "completing a completed record");
+        let before = cost(record);
+        record.fingerprint = completed.fingerprint;
+        record.complete(response, completed.now, completed.deadline);
+        let after = cost(record);
         let granted = grant.map_or(0, Grant::commit);
         debug_assert_eq!(before + granted, after.max(before));
         if after < before {
@@ -218,7 +275,32 @@ impl Shard {
         } else {
             self.bytes += after - before;
         }
-        self.ttls.push(Reverse((completed.deadline, *id)));
+        self.ttls.push(Item::new(completed.deadline, slot));
+        self.in_flight -= 1;
+        self.compact_leases();
+    }
+
+    /// Rebuilds the lease heap with only its current items once stale ones (left by
+    /// completions, releases and renewals) outnumber the claims in flight plus
+    /// [`LEASE_SLACK`]. Each rebuild leaves at most one item per claim in flight, and the
+    /// next one waits for about half as many operations as it had items: amortised, a few
+    /// comparisons per operation, and stale items never outgrow the claims in flight.
+    fn compact_leases(&mut self) {
+        if self.leases.len() <= 2 * self.in_flight + LEASE_SLACK {
+            return;
+        }
+        let slab = &self.slab;
+        let mut items = std::mem::take(&mut self.leases).into_vec();
+        items.retain(|&Reverse(item)| {
+            let (deadline, slot) = item.get();
+            let record = slab.get(slot);
+            record.is_in_flight() && record.deadline == deadline
+        });
+        // A reused slot can meet a stale item of an earlier claim with the same deadline.
+        items.sort_unstable();
+        items.dedup();
+        items.shrink_to(2 * self.in_flight + LEASE_SLACK);
+        self.leases = BinaryHeap::from(items);
     }
 
     /// Drops up to [`RECLAIM_BATCH`] expired records and stale heap items.
@@ -257,12 +339,13 @@ impl Shard {
         if reach == Reach::Expired {
             return None;
         }
-        while let Some(&Reverse((deadline, id))) = self.ttls.peek() {
-            let current = match self.map.get(&id) {
-                Some(Entry {
-                    deadline: d,
-                    state: State::Completed { completed_at, .. },
-                }) if *d == deadline => Some(*completed_at),
+        while let Some(&Reverse(item)) = self.ttls.peek() {
+            let (deadline, slot) = item.get();
+            let record = self.slab.get(slot);
+            let current = match record.state() {
+                State::Completed { completed_at, .. } if record.deadline == deadline => {
+                    Some(completed_at)
+                }
                 _ => None,
             };
             if let Some(completed_at) = current
@@ -274,7 +357,7 @@ impl Shard {
             }
             self.ttls.pop();
             if current.is_some() {
-                self.remove(&id, budget);
+                self.remove_slot(slot, budget);
                 if let Some(done) = attempt(self) {
                     return Some(done);
                 }
@@ -284,7 +367,7 @@ impl Shard {
     }
 
     /// Pops the earliest heap item whose deadline passed, from either heap (it may be stale).
-    fn pop_expired(&mut self, now: u64) -> Option<(u64, RecordId)> {
+    fn pop_expired(&mut self, now: u64) -> Option<(u64, u32)> {
         let front = |heap: &Deadlines| heap.peek().map(|Reverse(item)| *item);
         let heap = match (front(&self.leases), front(&self.ttls)) {
             (Some(lease), Some(ttl)) => {
@@ -299,38 +382,101 @@ impl Shard {
             (None, None) => return None,
         };
         match heap.peek() {
-            Some(Reverse((deadline, _))) if *deadline <= now => heap.pop().map(|Reverse(i)| i),
+            Some(Reverse(item)) if item.get().0 <= now => heap.pop().map(|Reverse(i)| i.get()),
             _ => None,
         }
     }
 
     /// Removes the record an expired heap item stands for, unless the item is stale.
-    fn remove_current(&mut self, (deadline, id): (u64, RecordId), budget: &ByteBudget) -> bool {
-        let current = self.map.get(&id).is_some_and(|e| e.deadline == deadline);
+    fn remove_current(&mut self, (deadline, slot): (u64, u32), budget: &ByteBudget) -> bool {
+        let record = self.slab.get(slot);
+        let current = !record.is_free() && record.deadline == deadline;
         if current {
-            self.remove(&id, budget);
+            self.remove_slot(slot, budget);
         }
         current
     }
 
-    /// Checks the shard's books: its byte count is what its records cost, and every record
-    /// has a current heap item.
+    /// Items in the lease heap, current or stale.
+    #[cfg(test)]
+    pub(super) fn lease_items(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// Slots allocated, free or not.
+    #[cfg(test)]
+    pub(super) fn slots(&self) -> usize {
+        self.slab.slots()
+    }
+
+    /// The slot of the record of `id`, if any.
+    #[cfg(test)]
+    pub(super) fn slot_of(&self, id: &RecordId) -> Option<u32> {
+        self.lookup(id)
+    }
+
+    /// Checks the shard's books: the index holds exactly the slots in use, each under its own
+    /// id; the free list the others; its byte count is what its records cost and its count of
+    /// claims in flight is theirs; every record has a current heap item, and the lease heap
+    /// keeps within its bound of stale items.
     #[cfg(test)]
     pub(super) fn check_books(&self) {
-        let cost: usize = self.map.values().map(Entry::cost).sum();
-        assert_eq!(self.bytes, cost, "shard bytes");
-        assert!(self.map.len() <= self.max_entries, "shard entries");
-        for (id, entry) in &self.map {
-            let heap = match entry.state {
-                State::InFlight { .. } => &self.leases,
-                State::Completed { .. } => &self.ttls,
-            };
+        use std::collections::HashSet;
+
+        self.slab.check_books();
+        let leases: HashSet<_> = self.leases.iter().map(|Reverse(item)| item.get()).collect();
+        let ttls: HashSet<_> = self.ttls.iter().map(|Reverse(item)| item.get()).collect();
+        let slots = self.slab.slots();
+        for &(_, slot) in leases.iter().chain(&ttls) {
             assert!(
-                heap.iter()
-                    .any(|Reverse(item)| *item == (entry.deadline, *id)),
-                "{id:?} has no current heap item"
+                (slot as usize) < slots,
+                "heap item for slot {slot} out of range"
             );
         }
+        let (mut live, mut in_flight, mut bytes) = (0, 0, 0);
+        for (slot, record) in self.slab.iter() {
+            let heap = match record.state() {
+                State::Free => continue,
+                State::InFlight { .. } => {
+                    in_flight += 1;
+                    &leases
+                }
+                State::Completed { .. } => &ttls,
+            };
+            live += 1;
+            bytes += cost(record);
+            assert_eq!(
+                self.lookup(&record.id),
+                Some(slot),
+                "slot {slot} ({:?}) is not indexed under its id",
+                record.id
+            );
+            assert!(
+                heap.contains(&(record.deadline, slot)),
+                "{:?} in slot {slot} has no current heap item",
+                record.id
+            );
+        }
+        for &slot in &self.index {
+            assert!(
+                (slot as usize) < slots,
+                "index holds slot {slot}, out of range"
+            );
+            assert!(
+                !self.slab.get(slot).is_free(),
+                "index holds free slot {slot}"
+            );
+        }
+        assert_eq!(self.index.len(), live, "index entries");
+        assert_eq!(self.in_flight, in_flight, "claims in flight");
+        assert_eq!(self.bytes, bytes, "shard bytes");
+        assert!(live <= self.max_entries, "shard entries");
+        assert!(
+            self.leases.len() <= 2 * self.in_flight + LEASE_SLACK,
+            "{} lease items for {} claims in flight",
+            self.leases.len(),
+            self.in_flight
+        );
     }
 }
 
@@ -340,22 +486,4 @@ pub(super) struct Completion {
     pub(super) response: Bytes,
     pub(super) now: u64,
     pub(super) deadline: u64,
-}
-
-/// Record ids are SHA-256 outputs: their first eight bytes are already a uniform hash.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
-        }
-    }
 }

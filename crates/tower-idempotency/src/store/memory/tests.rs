@@ -400,3 +400,166 @@ async fn concurrent_traffic_keeps_the_books() {
     }
     store.check_books();
 }
+
+/// The slot of `id`'s record in the store's only shard.
+fn slot_of(store: &MemoryStore, id: &RecordId) -> Option<u32> {
+    store.lock(store.index(id)).slot_of(id)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reused_slot_belongs_to_its_new_record_alone() {
+    let store = MemoryStore::builder().shards(1).build();
+    let (old, new) = (id(0), id(1));
+    // The old record leaves a lease item (deadline 1 s) behind when it completes, and a TTL
+    // item (500 ms) that reclaims it.
+    let token = acquire_for(&store, &old, Duration::from_secs(1)).await;
+    store
+        .complete(
+            &old,
+            token,
+            Bytes::from_static(b"old"),
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap();
+    let slot = slot_of(&store, &old).unwrap();
+    tokio::time::advance(Duration::from_millis(600)).await;
+    acquire(&store, &new).await;
+    assert_eq!(
+        slot_of(&store, &new),
+        Some(slot),
+        "the new claim reuses the slot"
+    );
+    assert_eq!(slot_of(&store, &old), None);
+    store.check_books();
+    // The old record's lease item comes up: stale, it must not expire the new claim.
+    tokio::time::advance(Duration::from_millis(500)).await;
+    acquire(&store, &id(2)).await;
+    assert!(matches!(
+        store.claim(&new, &FP, HOUR).await.unwrap(),
+        Claim::InFlight { .. }
+    ));
+    // Nor does the old record come back through the slot.
+    let token = acquire(&store, &old).await;
+    store.release(&old, token).await.unwrap();
+    store.check_books();
+    // The same for a reused slot that completes: it replays its own response.
+    let token = acquire_for(&store, &id(3), Duration::from_millis(10)).await;
+    let slot = slot_of(&store, &id(3)).unwrap();
+    store.release(&id(3), token).await.unwrap();
+    let token = acquire(&store, &id(4)).await;
+    assert_eq!(slot_of(&store, &id(4)), Some(slot));
+    store
+        .complete(&id(4), token, Bytes::from_static(b"four"), HOUR)
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_millis(20)).await;
+    acquire(&store, &id(5)).await;
+    match store.claim(&id(4), &FP, HOUR).await.unwrap() {
+        Claim::Completed(record) => assert_eq!(&record.response[..], b"four"),
+        other => panic!("expected Completed, got {other:?}"),
+    }
+    assert!(matches!(
+        store.claim(&id(3), &FP, HOUR).await.unwrap(),
+        Claim::Acquired(_)
+    ));
+    store.check_books();
+}
+
+#[tokio::test]
+async fn completed_records_leave_no_lease_items_behind() {
+    let store = MemoryStore::builder().shards(1).build();
+    // Claims that stay in flight throughout, and many that complete (with leases that never
+    // run out, so no stale item is reclaimed by its deadline).
+    for n in 0..100 {
+        acquire(&store, &id(n)).await;
+    }
+    for n in 100..5100 {
+        store_response(&store, &id(n), 10).await;
+        let items = lock(&store.shards[0]).lease_items();
+        assert!(
+            items <= 2 * 100 + 64,
+            "{items} lease items after {n} records"
+        );
+    }
+    store.check_books();
+    // Renewals leave stale items too.
+    let token = acquire(&store, &id(9999)).await;
+    for n in 0..1000 {
+        store
+            .renew(&id(9999), token, HOUR + Duration::from_millis(n))
+            .await
+            .unwrap();
+    }
+    assert!(lock(&store.shards[0]).lease_items() <= 2 * 101 + 64);
+    store.check_books();
+}
+
+#[tokio::test(start_paused = true)]
+async fn records_beyond_one_page_keep_their_slots() {
+    let store = MemoryStore::builder().shards(1).build();
+    let records = 3 * slab::PAGE + 10;
+    for n in 0..records as u32 {
+        let token = acquire(&store, &id(n)).await;
+        let response = Bytes::from(n.to_le_bytes().repeat(3));
+        let ttl = if n % 2 == 0 {
+            HOUR
+        } else {
+            Duration::from_secs(1)
+        };
+        store.complete(&id(n), token, response, ttl).await.unwrap();
+    }
+    assert_eq!(lock(&store.shards[0]).slots(), records);
+    store.check_books();
+    for n in 0..records as u32 {
+        match store.claim(&id(n), &FP, HOUR).await.unwrap() {
+            Claim::Completed(record) => assert_eq!(record.response, n.to_le_bytes().repeat(3)),
+            other => panic!("expected Completed for {n}, got {other:?}"),
+        }
+    }
+    // Half of them expire; new records take their slots instead of new ones.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    for n in records as u32..(records + records / 2) as u32 {
+        store_response(&store, &id(n), 4).await;
+    }
+    assert_eq!(store.len(), records);
+    assert_eq!(lock(&store.shards[0]).slots(), records);
+    store.check_books();
+    for n in (0..records as u32).step_by(2) {
+        match store.claim(&id(n), &FP, HOUR).await.unwrap() {
+            Claim::Completed(record) => assert_eq!(record.response, n.to_le_bytes().repeat(3)),
+            other => panic!("expected Completed for {n}, got {other:?}"),
+        }
+    }
+}
+
+#[cfg(target_pointer_width = "64")]
+#[test]
+fn a_slot_takes_80_bytes() {
+    // Id (32), fingerprint (16), deadline, token or completion time, response (16): the
+    // module docs and `RECORD_OVERHEAD` count on it.
+    assert_eq!(std::mem::size_of::<slab::Slot>(), 80);
+}
+
+#[test]
+fn a_heap_item_takes_12_bytes_and_orders_as_its_deadline_and_slot() {
+    use std::cmp::Reverse;
+
+    use shard::Item;
+
+    assert_eq!(std::mem::size_of::<Reverse<Item>>(), 12);
+    let pairs = [
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (u64::from(u32::MAX), 7),
+        (u64::from(u32::MAX) + 1, 0),
+        (u64::MAX, u32::MAX),
+    ];
+    for a in pairs {
+        assert_eq!(Item::new(a.0, a.1).0.get(), a);
+        for b in pairs {
+            assert_eq!(Item::new(a.0, a.1).cmp(&Item::new(b.0, b.1)), b.cmp(&a));
+        }
+    }
+}
