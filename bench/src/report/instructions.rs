@@ -38,10 +38,11 @@ pub(super) fn section(md: &mut String, results: &InstructionResults, profile: Op
          once while a key runs), under callgrind ({}), with the load harness's handler on a \
          current-thread runtime: `oneshot` of a prepared request, response body read to the \
          end. The runtime, store, layer, request, the case's prior state and one warm-up \
-         request are set up outside the count. Exact and repeatable, unlike wall time; *est. \
-         cycles* is callgrind's estimate from its cache simulation (L1 hit 1, LL hit 10, RAM \
-         100), a relative measure, not a timing. *Above baseline* is what the layer adds to the \
-         handler alone.\n",
+         request are set up outside the count. Unlike wall time, the counts repeat to within a \
+         few dozen instructions (hash seeds vary between runs); *est. cycles* is gungraun's \
+         estimate from callgrind's cache simulation (L1 hits + 5 × LL hits + 35 × RAM hits), a \
+         relative measure, not a timing. *Above baseline* is what the layer adds to the handler \
+         alone.\n",
         results.tools
     );
     let _ = writeln!(
