@@ -4,6 +4,7 @@
 //! loadbench run [--quick]      load scenarios against every configuration, then the report
 //! loadbench memory [--quick]   bytes per stored key (memory, Redis, PostgreSQL)
 //! loadbench roundtrips         store commands per request (private Redis and PostgreSQL)
+//! loadbench instructions       instructions per request under callgrind (needs valgrind)
 //! loadbench report             re-renders docs/benchmarks.md and the SVG from stored results
 //! loadbench serve ...          one configuration's server (started by `run`)
 //! ```
@@ -12,6 +13,7 @@
 
 mod app;
 mod config;
+mod instructions;
 mod load;
 mod memory;
 mod orders;
@@ -134,6 +136,12 @@ enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Instructions per request through the layer, under callgrind (`cargo bench --bench
+    /// instructions`; needs valgrind and gungraun-runner, which scripts/bench installs).
+    Instructions {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Re-render the report from the stored results.
     Report {
         #[command(flatten)]
@@ -237,6 +245,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Roundtrips { output } => {
             roundtrips::run(&output.results)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Instructions { output } => {
+            instructions::run(&output.results)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Report { output } => {

@@ -1,5 +1,6 @@
 //! Renders `docs/benchmarks.md` and its SVG chart from the stored results.
 
+mod instructions;
 mod transactional;
 
 use std::{collections::BTreeMap, fmt::Write as _, fs, path::Path};
@@ -10,7 +11,9 @@ use crate::{
     config::Config,
     load::{SAME_KEY_CONCURRENCY, Scenario},
     memory::BODY_BYTES,
-    results::{self, LoadResults, Measurement, MemoryResults, RoundTripResults},
+    results::{
+        self, InstructionResults, LoadResults, Measurement, MemoryResults, RoundTripResults,
+    },
 };
 
 /// Medians over rounds and sums of counts, for one configuration in one scenario.
@@ -144,18 +147,29 @@ pub fn render(dir: &Path, markdown: &Path, svg: &Path) -> anyhow::Result<()> {
     let load: Option<LoadResults> = results::load(&dir.join("load.json"))?;
     let memory: Option<MemoryResults> = results::load(&dir.join("memory.json"))?;
     let roundtrips: Option<RoundTripResults> = results::load(&dir.join("roundtrips.json"))?;
+    let instructions: Option<InstructionResults> = results::load(&dir.join("instructions.json"))?;
     let load = load.context("no load results yet: run `loadbench run` first")?;
 
     let svg_name = svg.file_name().map_or_else(
         || "benchmarks-throughput.svg".into(),
         |n| n.to_string_lossy().into_owned(),
     );
-    let text = markdown_text(&load, memory.as_ref(), roundtrips.as_ref(), &svg_name);
     for path in [markdown, svg] {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
     }
+    let profile = match instructions {
+        Some(_) => instructions::copy_profile(dir, markdown)?,
+        None => None,
+    };
+    let text = markdown_text(
+        &load,
+        memory.as_ref(),
+        roundtrips.as_ref(),
+        instructions.as_ref().map(|i| (i, profile.as_deref())),
+        &svg_name,
+    );
     fs::write(markdown, text).with_context(|| format!("writing {}", markdown.display()))?;
     fs::write(svg, chart(&load)).with_context(|| format!("writing {}", svg.display()))?;
     eprintln!("report: wrote {} and {}", markdown.display(), svg.display());
@@ -166,6 +180,7 @@ fn markdown_text(
     load: &LoadResults,
     memory: Option<&MemoryResults>,
     roundtrips: Option<&RoundTripResults>,
+    instruction_counts: Option<(&InstructionResults, Option<&str>)>,
     svg_name: &str,
 ) -> String {
     let mut md = String::new();
@@ -202,7 +217,7 @@ fn markdown_text(
     let _ = writeln!(md, "| date | {} |\n", m.date);
     let _ = writeln!(md, "Command: `{}`\n", load.command);
 
-    method(&mut md, load);
+    method(&mut md, load, instruction_counts.is_some());
 
     let _ = writeln!(md, "## Throughput\n");
     let _ = writeln!(
@@ -221,11 +236,14 @@ fn markdown_text(
     if let Some(roundtrips) = roundtrips {
         roundtrip_section(&mut md, roundtrips);
     }
+    if let Some((counts, profile)) = instruction_counts {
+        instructions::section(&mut md, counts, profile);
+    }
     transactional::section(&mut md, load, roundtrips);
     md
 }
 
-fn method(md: &mut String, load: &LoadResults) {
+fn method(md: &mut String, load: &LoadResults, instructions: bool) {
     let s = &load.settings;
     let _ = writeln!(md, "## How it is measured\n");
     let _ = writeln!(
@@ -280,13 +298,22 @@ fn method(md: &mut String, load: &LoadResults) {
          pool; `PostgresTransactionalStore` on `PgPool::connect`'s pool (sqlx's defaults, also 10 \
          connections); both SQLite stores on the crate's settings: a fresh database file per \
          server, WAL, `synchronous = NORMAL`, 8 connections; `idempotent` and \
-         `axum-idempotent` with their defaults and a 24 h TTL like ours).\n",
+         `axum-idempotent` with their defaults and a 24 h TTL like ours).",
         Config::ALL
             .iter()
             .map(|c| format!("`{c}` ({})", peer_note(*c)))
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if instructions {
+        let _ = writeln!(
+            md,
+            "- **Instructions**: `cargo bench --bench instructions` counts one request through the \
+         layer under callgrind (gungraun), in process, without HTTP or load; see \
+         [Instruction counts](#instruction-counts)."
+        );
+    }
+    let _ = writeln!(md);
 }
 
 fn timed_table(md: &mut String, load: &LoadResults, scenario: Scenario) {

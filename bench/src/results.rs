@@ -275,6 +275,30 @@ pub struct RoundTripResults {
     pub skipped: Vec<String>,
 }
 
+/// One case of `instructions`: callgrind's counts for one request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstructionCount {
+    pub case: String,
+    /// Instructions executed (`Ir`).
+    pub instructions: u64,
+    /// Callgrind's cache simulation; `None` where the summary lacks them.
+    pub l1_hits: Option<u64>,
+    pub ll_hits: Option<u64>,
+    pub ram_hits: Option<u64>,
+    pub estimated_cycles: Option<u64>,
+}
+
+/// The output of `instructions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstructionResults {
+    pub command: String,
+    /// gungraun's and valgrind's versions.
+    pub tools: String,
+    pub cases: Vec<InstructionCount>,
+    /// Wall time of the step (build included).
+    pub seconds: f64,
+}
+
 pub fn save<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
