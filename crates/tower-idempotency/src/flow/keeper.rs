@@ -38,6 +38,10 @@ struct Registry {
     running: Mutex<HashMap<u64, Entry>>,
     next: AtomicU64,
     wake: Notify,
+    /// The keeper wakes by itself every tick: a registration need not wake it. Written and
+    /// read under `running`'s lock, so a registration either sees it or its wake-up is kept
+    /// for the keeper to find.
+    ticking: AtomicBool,
     /// Whether the keeper's task runs: read on every registration without taking `task`.
     alive: AtomicBool,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -99,9 +103,8 @@ impl LeaseKeeper {
         lease: &Lease,
     ) -> Registration {
         let entry = self.0.next.fetch_add(1, Ordering::Relaxed);
-        let was_empty = {
+        let wake = {
             let mut running = self.0.lock_running();
-            let was_empty = running.is_empty();
             running.insert(
                 entry,
                 Entry {
@@ -111,10 +114,10 @@ impl LeaseKeeper {
                     renewing: false,
                 },
             );
-            was_empty
+            !self.0.ticking.load(Ordering::Relaxed)
         };
         let started_keeper = self.ensure_task(config);
-        if was_empty {
+        if wake {
             self.0.wake.notify_one();
         }
         Registration {
@@ -158,16 +161,20 @@ async fn keep<St: IdempotencyStore>(config: Weak<Config<St>>, registry: Weak<Reg
         }
     }
     let _ended = Ended(registry.clone());
+    // Once woken, the keeper ticks at least once before it may idle again: requests that
+    // come and go between two of its runs (most of them) then wake it at most once a tick,
+    // not once each.
+    let mut woken = false;
     loop {
         let (Some(config), Some(registry)) = (config.upgrade(), registry.upgrade()) else {
             return;
         };
         let now = Instant::now();
-        let mut idle = true;
-        {
+        let idle = {
             let mut running = registry.lock_running();
+            let idle = running.is_empty() && !woken;
+            registry.ticking.store(!idle, Ordering::Relaxed);
             for (&entry, running) in running.iter_mut() {
-                idle = false;
                 if running.renewing || running.lease.renew_at() > now {
                     continue;
                 }
@@ -181,10 +188,12 @@ async fn keep<St: IdempotencyStore>(config: Weak<Config<St>>, registry: Weak<Reg
                     running.lease.clone(),
                 ));
             }
-        }
+            idle
+        };
         let tick = config.lease / 6;
         drop(config);
         let wake = async { registry.wake.notified().await };
+        woken = idle;
         if idle {
             let _ = tokio::time::timeout(IDLE_CHECK, wake).await;
         } else {
