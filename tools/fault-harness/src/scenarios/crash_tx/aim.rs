@@ -8,7 +8,6 @@
 
 use std::time::{Duration, Instant};
 
-
 use super::database::{Database, Kind};
 use crate::{client::Client, procs};
 

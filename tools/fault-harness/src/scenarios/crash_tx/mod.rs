@@ -30,7 +30,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-
 use self::{
     aim::Aim,
     database::{Database, Kind},
