@@ -35,7 +35,7 @@ pub(crate) struct FleetDb {
 impl FleetDb {
     /// Creates `faults_<random>` on the server of `admin_url`.
     pub(crate) async fn create(admin_url: &str) -> anyhow::Result<Self> {
-        let name = format!("faults_{:016x}", rand::random::<u64>());
+        let name = format!("faults_{:016x}", fastrand::u64(..));
         let mut admin = connect(admin_url).await?;
         admin
             .execute(format!("CREATE DATABASE \"{name}\"").as_str())

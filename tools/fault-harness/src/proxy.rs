@@ -21,7 +21,6 @@ use std::{
     time::Duration,
 };
 
-use rand::Rng as _;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -134,17 +133,16 @@ enum Fate {
 
 impl Fate {
     fn draw(faults: &Faults) -> Self {
-        let mut rng = rand::rng();
-        let roll: f64 = rng.random();
+        let roll = fastrand::f64();
         if roll < faults.drop {
-            match rng.random_range(0..3) {
+            match fastrand::u8(0..3) {
                 0 => Self::DropMidFlight,
                 1 => Self::DropBeforeResponse,
                 _ => Self::DropTruncated,
             }
         } else if roll < faults.drop + faults.delay {
             let (low, high) = faults.delay_ms;
-            Self::Delay(Duration::from_millis(rng.random_range(low..=high)))
+            Self::Delay(Duration::from_millis(fastrand::u64(low..=high)))
         } else {
             Self::Pass
         }
@@ -176,7 +174,7 @@ async fn serve(
         }
         Fate::DropMidFlight => {
             // Give the bytes a moment to reach the server's handler, then vanish.
-            let pause = Duration::from_millis(rand::rng().random_range(0..=20));
+            let pause = Duration::from_millis(fastrand::u64(0..=20));
             tokio::time::sleep(pause).await;
             counters.dropped_mid_flight.fetch_add(1, Ordering::Relaxed);
         }

@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn replaces_only_its_block() {
-        let dir = std::env::temp_dir().join(format!("fh-report-{}", rand::random::<u32>()));
+        let dir = std::env::temp_dir().join(format!("fh-report-{}", fastrand::u32(..)));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("r.md");
         std::fs::write(

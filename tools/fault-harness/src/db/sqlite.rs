@@ -21,7 +21,7 @@ impl SqliteFile {
     /// A path for `name` under `dir` (the backends create the file when they first open it).
     pub(crate) fn new(dir: &Path, name: &str) -> Self {
         Self {
-            path: dir.join(format!("{name}-{:08x}.db", rand::random::<u32>())),
+            path: dir.join(format!("{name}-{:08x}.db", fastrand::u32(..))),
         }
     }
 

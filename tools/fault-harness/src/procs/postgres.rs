@@ -25,7 +25,7 @@ impl PrivatePostgres {
     /// `initdb`, then start.
     pub(crate) async fn start(bin_dir: &Path, parent: &Path) -> anyhow::Result<Self> {
         let as_postgres = is_root();
-        let dir = parent.join(format!("pg-{}", rand::random::<u32>()));
+        let dir = parent.join(format!("pg-{}", fastrand::u32(..)));
         let mut pg = Self {
             bin_dir: bin_dir.to_owned(),
             dir,

@@ -8,8 +8,6 @@
 
 use std::time::{Duration, Instant};
 
-use rand::Rng as _;
-
 use super::database::{Database, Kind};
 use crate::{client::Client, procs};
 
@@ -101,7 +99,7 @@ pub(super) async fn freeze_at(
     if aim == Aim::Commit {
         // The record's answer reaches the instance one delay after it was written, its
         // COMMIT the server one more, the acknowledgement the instance one more.
-        let factor = rand::rng().random_range(1.1..2.8);
+        let factor = 1.1 + fastrand::f64() * 1.7;
         tokio::time::sleep(database.delay().mul_f64(factor)).await;
     }
     procs::freeze(pid)?;
@@ -131,5 +129,5 @@ async fn freeze_at_release(pid: u32, database: &Database) -> anyhow::Result<u32>
 
 fn random_gap(aim: Aim) -> Duration {
     let most = aim.max_gap().as_micros() as u64;
-    Duration::from_micros(rand::rng().random_range(0..=most))
+    Duration::from_micros(fastrand::u64(0..=most))
 }

@@ -30,8 +30,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use rand::Rng as _;
-
 use self::{
     aim::Aim,
     database::{Database, Kind},
@@ -119,7 +117,7 @@ async fn run_one(ctx: &Ctx, kind: Kind) -> anyhow::Result<ScenarioReport> {
         next_cycle = Instant::now() + CYCLE;
         let victim = cycle % 2;
         let aim = Aim::for_cycle(kind, cycle);
-        let first = rand::rng().random_range(FIRST_DRAW.0..=FIRST_DRAW.1);
+        let first = fastrand::u64(FIRST_DRAW.0..=FIRST_DRAW.1);
         tokio::time::sleep(Duration::from_millis(first)).await;
         let pid = instances[victim].pid();
         let draws = aim::freeze_at(aim, victim, pid, &client, &mut database).await?;
