@@ -1,5 +1,6 @@
 //! Renders `docs/benchmarks.md` and its SVG chart from the stored results.
 
+mod goals;
 mod instructions;
 mod transactional;
 
@@ -218,6 +219,7 @@ fn markdown_text(
     let _ = writeln!(md, "Command: `{}`\n", load.command);
 
     method(&mut md, load, instruction_counts.is_some());
+    goals::section(&mut md, load, memory);
 
     let _ = writeln!(md, "## Throughput\n");
     let _ = writeln!(
