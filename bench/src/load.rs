@@ -26,6 +26,10 @@ use crate::app::USER_HEADER;
 /// The payload of every request: a small JSON document, like a real create call.
 const BODY: &[u8] = br#"{"name":"web","image":"registry.example/web:1.4.2","replicas":3}"#;
 
+/// Keep-alive connections in the timed scenarios (`run --concurrency`'s default), and the
+/// clients of `redis-ceiling`'s `redis-benchmark`.
+pub const CONCURRENCY: usize = 32;
+
 /// Requests that share one key in `same-key-64`.
 pub const SAME_KEY_CONCURRENCY: usize = 64;
 

@@ -4,6 +4,7 @@
 //! loadbench run [--quick]      load scenarios against every configuration, then the report
 //! loadbench memory [--quick]   bytes per stored key (memory, Redis, PostgreSQL)
 //! loadbench roundtrips         store commands per request (private Redis and PostgreSQL)
+//! loadbench redis-ceiling      what a private redis-server sustains for our store's commands
 //! loadbench instructions       instructions per request under callgrind (needs valgrind)
 //! loadbench report             re-renders docs/benchmarks.md and the SVG from stored results
 //! loadbench serve ...          one configuration's server (started by `run`)
@@ -17,6 +18,7 @@ mod instructions;
 mod load;
 mod memory;
 mod orders;
+mod redis_ceiling;
 mod report;
 mod results;
 mod roundtrips;
@@ -99,7 +101,7 @@ enum Command {
         #[arg(long)]
         rounds: Option<usize>,
         /// Keep-alive connections in the timed scenarios.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = load::CONCURRENCY)]
         concurrency: usize,
         /// Keys per same-key-64 run (default 50; 10 with --quick).
         #[arg(long)]
@@ -133,6 +135,15 @@ enum Command {
     },
     /// Store commands and round trips per request, on private Redis and PostgreSQL servers.
     Roundtrips {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// What a private redis-server sustains for `RedisStore`'s commands (`redis-benchmark`,
+    /// as many clients as the load runs): the ceiling of the Redis configurations.
+    RedisCeiling {
+        /// Shorter runs (about 1 s per command instead of 4).
+        #[arg(long)]
+        quick: bool,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -245,6 +256,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Roundtrips { output } => {
             roundtrips::run(&output.results)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::RedisCeiling { quick, output } => {
+            redis_ceiling::run(quick, &output.results)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Instructions { output } => {

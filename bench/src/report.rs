@@ -2,6 +2,7 @@
 
 mod goals;
 mod instructions;
+mod redis_ceiling;
 mod transactional;
 
 use std::{collections::BTreeMap, fmt::Write as _, fs, path::Path};
@@ -13,7 +14,8 @@ use crate::{
     load::{SAME_KEY_CONCURRENCY, Scenario},
     memory::BODY_BYTES,
     results::{
-        self, InstructionResults, LoadResults, Measurement, MemoryResults, RoundTripResults,
+        self, InstructionResults, LoadResults, Measurement, MemoryResults, RedisCeilingResults,
+        RoundTripResults,
     },
 };
 
@@ -149,6 +151,8 @@ pub fn render(dir: &Path, markdown: &Path, svg: &Path) -> anyhow::Result<()> {
     let memory: Option<MemoryResults> = results::load(&dir.join("memory.json"))?;
     let roundtrips: Option<RoundTripResults> = results::load(&dir.join("roundtrips.json"))?;
     let instructions: Option<InstructionResults> = results::load(&dir.join("instructions.json"))?;
+    let ceiling: Option<RedisCeilingResults> =
+        results::load(&dir.join(crate::redis_ceiling::FILE))?;
     let load = load.context("no load results yet: run `loadbench run` first")?;
 
     let svg_name = svg.file_name().map_or_else(
@@ -169,6 +173,7 @@ pub fn render(dir: &Path, markdown: &Path, svg: &Path) -> anyhow::Result<()> {
         memory.as_ref(),
         roundtrips.as_ref(),
         instructions.as_ref().map(|i| (i, profile.as_deref())),
+        ceiling.as_ref(),
         &svg_name,
     );
     fs::write(markdown, text).with_context(|| format!("writing {}", markdown.display()))?;
@@ -182,6 +187,7 @@ fn markdown_text(
     memory: Option<&MemoryResults>,
     roundtrips: Option<&RoundTripResults>,
     instruction_counts: Option<(&InstructionResults, Option<&str>)>,
+    ceiling: Option<&RedisCeilingResults>,
     svg_name: &str,
 ) -> String {
     let mut md = String::new();
@@ -230,6 +236,9 @@ fn markdown_text(
         timed_table(&mut md, load, scenario);
     }
     ours_vs_peers(&mut md, load);
+    if let Some(ceiling) = ceiling {
+        redis_ceiling::section(&mut md, ceiling, load);
+    }
     same_key_table(&mut md, load);
     correctness(&mut md, load);
     if let Some(memory) = memory {

@@ -332,3 +332,42 @@ pub fn command_line() -> String {
             .join(" ")
     })
 }
+
+/// One `redis-benchmark` run of one command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedisBenchmarkRun {
+    /// What the command stands for in `RedisStore`, e.g. `claim, unique keys`.
+    pub label: String,
+    /// The command as `redis-benchmark` ran it.
+    pub command: String,
+    pub requests: u64,
+    /// Wall time of the `redis-benchmark` process.
+    pub seconds: f64,
+    pub rps: f64,
+    pub avg_ms: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// The output of `redis-ceiling`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedisCeilingResults {
+    pub command: String,
+    pub quick: bool,
+    pub date: String,
+    /// The private server's version.
+    pub redis: String,
+    /// The `redis-benchmark` binary used.
+    pub redis_benchmark: String,
+    /// Its clients (`-c`), as many as the load runs' connections; no pipelining.
+    pub clients: usize,
+    /// The SHA-1 of the `complete` script, as `SCRIPT LOAD` answered it.
+    pub complete_sha: String,
+    pub claim_unique: RedisBenchmarkRun,
+    pub claim_existing: RedisBenchmarkRun,
+    pub complete: RedisBenchmarkRun,
+    /// First requests per second: a claim and a complete each, `1 / (1/claim + 1/complete)`.
+    pub unique_ceiling_rps: f64,
+    /// Replays per second: one claim of an existing key each.
+    pub replay_ceiling_rps: f64,
+}
