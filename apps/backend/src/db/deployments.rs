@@ -4,7 +4,7 @@ pub mod statuses;
 
 use std::time::Duration;
 
-use sqlx::{FromRow, QueryBuilder};
+use sqlx::QueryBuilder;
 use time::OffsetDateTime;
 
 use super::Db;
@@ -13,7 +13,7 @@ pub(super) const COLUMNS: &str = "seq, id, user_id, idempotency_key, project, en
                        description, status, created_at";
 
 /// One row of `deployments`.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeploymentRecord {
     /// Insertion order: sorts the list endpoint and backs its cursor.
     pub seq: i64,
@@ -36,6 +36,19 @@ pub struct DeploymentRecord {
     /// Creation time, whole milliseconds, UTC.
     pub created_at: OffsetDateTime,
 }
+
+impl_from_row!(DeploymentRecord {
+    seq: i64,
+    id: String,
+    user_id: String,
+    idempotency_key: Option<String>,
+    project: String,
+    environment: String,
+    git_ref: String,
+    description: Option<String>,
+    status: String,
+    created_at: OffsetDateTime,
+});
 
 /// What the list endpoint keeps: every given member must match exactly.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

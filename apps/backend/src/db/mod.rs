@@ -4,15 +4,35 @@
 //! hides dialect differences. An enum over the two pools keeps every query checked against
 //! its own dialect, at the cost of writing the SQL once per database.
 
+/// `impl sqlx::FromRow` for a struct, reading each listed field from the column of the same
+/// name, for any database whose row can decode the field types: what `#[derive(FromRow)]`
+/// writes, without sqlx's `macros` feature (which builds a second sqlx, SQLite's C library
+/// included, for the proc macros). A field missing from the list fails to compile.
+macro_rules! impl_from_row {
+    ($ty:ident { $($field:ident: $field_ty:ty),+ $(,)? }) => {
+        impl<'r, R: ::sqlx::Row> ::sqlx::FromRow<'r, R> for $ty
+        where
+            &'r str: ::sqlx::ColumnIndex<R>,
+            $($field_ty: ::sqlx::Decode<'r, R::Database> + ::sqlx::Type<R::Database>,)+
+        {
+            fn from_row(row: &'r R) -> Result<Self, ::sqlx::Error> {
+                Ok(Self {
+                    $($field: row.try_get(stringify!($field))?,)+
+                })
+            }
+        }
+    };
+}
+
 pub mod deployments;
 pub mod insert;
 pub mod tokens;
 
-use std::{str::FromStr, time::Duration};
+use std::{borrow::Cow, str::FromStr, sync::LazyLock, time::Duration};
 
 use sqlx::{
     PgPool, SqlitePool,
-    migrate::Migrator,
+    migrate::{Migration, MigrationType, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
@@ -20,8 +40,80 @@ use time::OffsetDateTime;
 
 pub use self::{deployments::Deployments, tokens::Tokens};
 
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+/// `(file name, contents)` of one file under `migrations/<db>/`, embedded at compile time.
+macro_rules! migration_file {
+    ($db:literal, $file:literal) => {
+        (
+            $file,
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/migrations/",
+                $db,
+                "/",
+                $file
+            )),
+        )
+    };
+}
+
+/// Every file of `migrations/sqlite/` (a test checks that none is missing).
+const SQLITE_MIGRATION_FILES: &[(&str, &str)] = &[
+    migration_file!("sqlite", "20261128000001_init.sql"),
+    migration_file!("sqlite", "20261201000001_keys_expire_with_their_ttl.sql"),
+    migration_file!("sqlite", "20261202000001_token_lifecycle.sql"),
+    migration_file!("sqlite", "20261202000002_deployment_statuses.sql"),
+];
+
+/// Every file of `migrations/postgres/` (a test checks that none is missing).
+const POSTGRES_MIGRATION_FILES: &[(&str, &str)] = &[
+    migration_file!("postgres", "20261128000001_init.sql"),
+    migration_file!("postgres", "20261201000001_keys_expire_with_their_ttl.sql"),
+    migration_file!("postgres", "20261202000001_token_lifecycle.sql"),
+    migration_file!("postgres", "20261202000002_deployment_statuses.sql"),
+];
+
+static SQLITE_MIGRATIONS: LazyLock<Migrator> = LazyLock::new(|| migrator(SQLITE_MIGRATION_FILES));
+static POSTGRES_MIGRATIONS: LazyLock<Migrator> =
+    LazyLock::new(|| migrator(POSTGRES_MIGRATION_FILES));
+
+/// The migrator `sqlx::migrate!` would build from a directory holding `files`: the same
+/// versions, descriptions, types and SQL, hence the same checksums (SHA-384 of the SQL), so
+/// databases migrated by the macro-built migrator still validate.
+fn migrator(files: &'static [(&'static str, &'static str)]) -> Migrator {
+    let mut migrations: Vec<Migration> = files
+        .iter()
+        .map(|&(file, sql)| migration(file, sql))
+        .collect();
+    migrations.sort_by_key(|migration| migration.version);
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
+}
+
+/// One migration from its file name `<version>_<description>.sql` (or `.up.sql`, `.down.sql`)
+/// and contents, parsed as sqlx's `resolve_blocking` (behind `migrate!`) does.
+fn migration(file: &'static str, sql: &'static str) -> Migration {
+    let (version, rest) = file
+        .split_once('_')
+        .filter(|(_, rest)| rest.ends_with(".sql"))
+        .unwrap_or_else(|| panic!("migration file `{file}` is not `<version>_<description>.sql`"));
+    let version: i64 = version
+        .parse()
+        .unwrap_or_else(|_| panic!("migration file `{file}` has no integer version"));
+    let migration_type = MigrationType::from_filename(rest);
+    let description = rest
+        .trim_end_matches(migration_type.suffix())
+        .replace('_', " ");
+    let no_tx = sql.starts_with("-- no-transaction");
+    Migration::new(
+        version,
+        Cow::Owned(description),
+        migration_type,
+        Cow::Borrowed(sql),
+        no_tx,
+    )
+}
 
 /// How long a request waits for a pooled connection before the database counts as
 /// unavailable (503) rather than making the client hang.
@@ -188,5 +280,69 @@ mod tests {
     #[test]
     fn now_has_whole_milliseconds() {
         assert_eq!(now().nanosecond() % 1_000_000, 0);
+    }
+
+    /// The embedded migrations are exactly what `sqlx::migrate!("migrations/<db>")` would
+    /// embed: every file of the directory (so a new one cannot be forgotten), with the same
+    /// version, description, type, SQL, `no_tx` and checksum as sqlx's own resolver (the code
+    /// behind the macro) gives, and the checksum is also recomputed independently (SHA-384 of
+    /// the file's bytes, with `sha2`).
+    fn assert_matches_directory(db: &str, migrator: &Migrator) {
+        use sha2::{Digest as _, Sha384};
+
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(db);
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        let embedded: Vec<_> = match db {
+            "sqlite" => SQLITE_MIGRATION_FILES,
+            _ => POSTGRES_MIGRATION_FILES,
+        }
+        .iter()
+        .map(|(file, _)| (*file).to_owned())
+        .collect();
+        assert_eq!(
+            embedded, files,
+            "migrations/{db}/ and the embedded list differ"
+        );
+
+        let resolved = sqlx::migrate::resolve_blocking(&dir).unwrap();
+        assert_eq!(migrator.migrations.len(), resolved.len());
+        for (ours, (theirs, path)) in migrator.migrations.iter().zip(&resolved) {
+            let at = path.display();
+            assert_eq!(ours.version, theirs.version, "{at}");
+            assert_eq!(ours.description, theirs.description, "{at}");
+            assert_eq!(ours.migration_type, theirs.migration_type, "{at}");
+            assert_eq!(ours.sql, theirs.sql, "{at}");
+            assert_eq!(ours.no_tx, theirs.no_tx, "{at}");
+            assert_eq!(ours.checksum, theirs.checksum, "{at}");
+            let bytes = std::fs::read(path).unwrap();
+            assert_eq!(&*ours.checksum, Sha384::digest(&bytes).as_slice(), "{at}");
+        }
+        assert!(!migrator.ignore_missing && migrator.locking && !migrator.no_tx);
+    }
+
+    #[test]
+    fn sqlite_migrations_are_the_directory() {
+        assert_matches_directory("sqlite", &SQLITE_MIGRATIONS);
+        let first = &SQLITE_MIGRATIONS.migrations[0];
+        assert_eq!(
+            (first.version, &*first.description),
+            (20261128000001, "init")
+        );
+    }
+
+    #[test]
+    fn postgres_migrations_are_the_directory() {
+        assert_matches_directory("postgres", &POSTGRES_MIGRATIONS);
+        let second = &POSTGRES_MIGRATIONS.migrations[1];
+        assert_eq!(
+            (second.version, &*second.description),
+            (20261201000001, "keys expire with their ttl")
+        );
     }
 }

@@ -17,13 +17,20 @@ pub struct NewToken<'a> {
 }
 
 /// What authentication needs of a token.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenAuth {
     pub id: String,
     pub user_id: String,
     pub expires_at: Option<OffsetDateTime>,
     pub revoked_at: Option<OffsetDateTime>,
 }
+
+impl_from_row!(TokenAuth {
+    id: String,
+    user_id: String,
+    expires_at: Option<OffsetDateTime>,
+    revoked_at: Option<OffsetDateTime>,
+});
 
 impl TokenAuth {
     /// Neither revoked nor expired at `at`.
@@ -33,7 +40,7 @@ impl TokenAuth {
 }
 
 /// One row of `backend token list`: no token, no hash.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenInfo {
     pub id: String,
     pub user_id: String,
@@ -43,6 +50,16 @@ pub struct TokenInfo {
     pub expires_at: Option<OffsetDateTime>,
     pub revoked_at: Option<OffsetDateTime>,
 }
+
+impl_from_row!(TokenInfo {
+    id: String,
+    user_id: String,
+    name: Option<String>,
+    created_at: OffsetDateTime,
+    last_used_at: Option<OffsetDateTime>,
+    expires_at: Option<OffsetDateTime>,
+    revoked_at: Option<OffsetDateTime>,
+});
 
 const INFO_COLUMNS: &str =
     "id, user_id, name, created_at, last_used_at, expires_at, revoked_at FROM api_tokens";

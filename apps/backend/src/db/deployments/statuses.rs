@@ -8,7 +8,7 @@
 //! ([`insert_sqlite`], [`insert_postgres`]): two reports for one deployment are serialized,
 //! so both cannot move it from the same state.
 
-use sqlx::{FromRow, PgConnection, SqliteConnection};
+use sqlx::{PgConnection, SqliteConnection};
 use time::OffsetDateTime;
 
 use super::super::Db;
@@ -16,7 +16,7 @@ use super::super::Db;
 const COLUMNS: &str = "seq, id, deployment_id, state, description, log_url, created_at";
 
 /// One row of `deployment_statuses`.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusRecord {
     /// Insertion order: newest first in listings.
     pub seq: i64,
@@ -33,6 +33,16 @@ pub struct StatusRecord {
     /// When it was reported, whole milliseconds, UTC.
     pub created_at: OffsetDateTime,
 }
+
+impl_from_row!(StatusRecord {
+    seq: i64,
+    id: String,
+    deployment_id: String,
+    state: String,
+    description: Option<String>,
+    log_url: Option<String>,
+    created_at: OffsetDateTime,
+});
 
 /// A status to add.
 #[derive(Debug, Clone)]
