@@ -236,11 +236,11 @@ fn markdown_text(
         timed_table(&mut md, load, scenario);
     }
     ours_vs_peers(&mut md, load);
+    same_key_table(&mut md, load);
+    correctness(&mut md, load);
     if let Some(ceiling) = ceiling {
         redis_ceiling::section(&mut md, ceiling, load);
     }
-    same_key_table(&mut md, load);
-    correctness(&mut md, load);
     if let Some(memory) = memory {
         memory_section(&mut md, memory);
     }
