@@ -23,7 +23,11 @@ pub(super) fn section(md: &mut String, load: &LoadResults, memory: Option<&Memor
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
     };
-    let (ours, base, peer) = (Config::OursMemory, Config::Baseline, Config::IdempotentMemory);
+    let (ours, base, peer) = (
+        Config::OursMemory,
+        Config::Baseline,
+        Config::IdempotentMemory,
+    );
     let targets = [
         (
             "memory store, fresh keys ÷ no layer",
@@ -56,7 +60,10 @@ pub(super) fn section(md: &mut String, load: &LoadResults, memory: Option<&Memor
          run). Where one is missed, [Where the time goes](#where-the-time-goes) says what stands \
          in the way.\n"
     );
-    let _ = writeln!(md, "| target | goal | this run | met |\n|---|---:|---:|---|");
+    let _ = writeln!(
+        md,
+        "| target | goal | this run | met |\n|---|---:|---:|---|"
+    );
     for (what, value, goal) in targets {
         let shown = value.map_or_else(|| "–".to_owned(), |v| format!("{v:.2}×"));
         let met = value.is_some_and(|v| v >= goal);
