@@ -59,7 +59,7 @@ use crate::{
 pub(crate) type Answer<B, E> = Result<Response<ResponseBody<B>>, E>;
 
 /// One keyed request's future. A plain function returning an `async` block, as are the
-/// other large steps here: an `async fn` keeps a second copy of its arguments (rustc#62958),
+/// other large steps here: an `async fn` keeps a second copy of its arguments in its future,
 /// and this future is allocated once per request; values are moved, where they can be, in
 /// the expression that uses them, never through a binding that stays in the future.
 // Not an `async fn` on purpose (see the docs above).
