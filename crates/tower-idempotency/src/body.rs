@@ -5,7 +5,6 @@
 //! a problem, or a response whose first part was buffered while the layer tried to store it.
 
 use std::{
-    collections::VecDeque,
     pin::Pin,
     task::{Context, Poll},
 };
@@ -98,7 +97,7 @@ pin_project! {
     enum ResponseInner<B> {
         Full { data: Option<Bytes>, trailers: Option<HeaderMap> },
         Inner { #[pin] body: B },
-        Prefixed { prefix: VecDeque<Bytes>, rest: Pin<Box<B>> },
+        Prefixed { prefix: Option<Bytes>, rest: Pin<Box<B>> },
     }
 }
 
@@ -126,9 +125,12 @@ impl<B> ResponseBody<B> {
     }
 
     /// Chunks already read from `rest`, followed by the remainder of `rest`.
-    pub(crate) fn prefixed(prefix: VecDeque<Bytes>, rest: Pin<Box<B>>) -> Self {
+    pub(crate) fn prefixed(prefix: Bytes, rest: Pin<Box<B>>) -> Self {
         Self {
-            inner: ResponseInner::Prefixed { prefix, rest },
+            inner: ResponseInner::Prefixed {
+                prefix: Some(prefix),
+                rest,
+            },
         }
     }
 }
@@ -152,7 +154,7 @@ where
                     .map(Ok),
             ),
             ResponseInnerProj::Inner { body } => body.poll_frame(cx),
-            ResponseInnerProj::Prefixed { prefix, rest } => match prefix.pop_front() {
+            ResponseInnerProj::Prefixed { prefix, rest } => match prefix.take() {
                 Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
                 None => rest.as_mut().poll_frame(cx),
             },
@@ -163,7 +165,7 @@ where
         match &self.inner {
             ResponseInner::Full { data, trailers } => data.is_none() && trailers.is_none(),
             ResponseInner::Inner { body } => body.is_end_stream(),
-            ResponseInner::Prefixed { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
+            ResponseInner::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -172,7 +174,7 @@ where
             ResponseInner::Full { data, .. } => exact(data.as_ref()),
             ResponseInner::Inner { body } => body.size_hint(),
             ResponseInner::Prefixed { prefix, rest } => {
-                let buffered: u64 = prefix.iter().map(|c| c.len() as u64).sum();
+                let buffered = prefix.as_ref().map_or(0, |p| p.len() as u64);
                 let rest = rest.size_hint();
                 let mut hint = SizeHint::new();
                 hint.set_lower(rest.lower() + buffered);
@@ -197,10 +199,7 @@ mod tests {
     #[tokio::test]
     async fn prefixed_body_yields_prefix_then_rest() {
         let rest = Full::new(Bytes::from_static(b"c"));
-        let body = ResponseBody::prefixed(
-            VecDeque::from([Bytes::from_static(b"a"), Bytes::from_static(b"b")]),
-            Box::pin(rest),
-        );
+        let body = ResponseBody::prefixed(Bytes::from_static(b"ab"), Box::pin(rest));
         assert_eq!(body.size_hint().exact(), Some(3));
         let bytes = body.collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"abc");

@@ -1,6 +1,6 @@
 //! Reading the handler's response to decide what to store.
 
-use std::{collections::VecDeque, pin::Pin};
+use std::pin::Pin;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Response};
@@ -84,7 +84,7 @@ enum Buffered<B> {
         trailers: Option<HeaderMap>,
     },
     TooLarge {
-        prefix: VecDeque<Bytes>,
+        prefix: Bytes,
         rest: Pin<Box<B>>,
     },
     Failed,
@@ -113,7 +113,7 @@ where
                     data.push(chunk);
                     if data.len() > limit {
                         return Buffered::TooLarge {
-                            prefix: VecDeque::from([data.into_bytes()]),
+                            prefix: data.into_bytes(),
                             rest: body,
                         };
                     }
