@@ -630,25 +630,10 @@ fn retry_pause(n: u32) -> Duration {
     Duration::from_micros((1000u64 << n.min(6)) + u64::from(jitter) * u64::from(n))
 }
 
-/// A random, non-zero 64-bit token from the operating system's generator.
-///
-/// Tokens are not a sequence: two acquisitions of one id get the same token with probability
-/// 2⁻⁶⁴ per pair, which the fencing guarantee accepts as "never".
-fn new_token() -> Result<i64, StoreError> {
-    loop {
-        let token = getrandom::u64()
-            .map_err(|e| {
-                StoreError::new(
-                    StoreErrorKind::Backend,
-                    "the operating system's random generator failed",
-                )
-                .with_source(e)
-            })?
-            .cast_signed();
-        if token != 0 {
-            return Ok(token);
-        }
-    }
+/// A fresh fencing token as the table keeps it: never 0, the token of records written in
+/// transactional mode.
+fn new_token() -> i64 {
+    FencingToken::random().get().cast_signed()
 }
 
 /// What one run of the claim statement decided.
@@ -703,7 +688,7 @@ impl IdempotencyStore for PostgresStore {
         let deadline = self.deadline();
         let mut last = "";
         for _ in 0..CLAIM_ATTEMPTS {
-            let token = new_token()?;
+            let token = new_token();
             let sent_at = Instant::now();
             let args = [
                 Arg::Bytes(&id.as_bytes()[..]),

@@ -95,9 +95,9 @@
 //! never the instance's, so instances with skewed clocks agree. Durations are rounded down to
 //! whole milliseconds, and up to at least one.
 //!
-//! Each claim draws a random non-zero 64-bit fencing token from the operating system. Tokens
-//! are therefore unique with overwhelming probability (two equal tokens for one id would take
-//! on the order of 2³² claims of that very id), which is what fencing needs: `complete`,
+//! Each claim draws a fresh non-zero 64-bit fencing token ([`FencingToken::random`]: never
+//! twice in one process, and across instances equal only by a 2⁻⁶⁴-scale chance), which is
+//! what fencing needs: `complete`,
 //! `renew` and `release` act only while the record is in flight under the caller's token,
 //! and otherwise fail with [`StoreErrorKind::LeaseLost`].
 //!
@@ -194,6 +194,8 @@ use self::{
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "idempotency:";
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 /// Largest lease or TTL sent to Redis (about 35,000 years), well inside what `PX` accepts.
 const MAX_MILLIS: u64 = 1 << 50;
 
@@ -266,10 +268,7 @@ impl RedisStore {
 
     /// The Redis key of a record: the prefix and the id in hex.
     pub fn key(&self, id: &RecordId) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + RecordId::LEN * 2);
-        key.push_str(&self.prefix);
-        key.push_str(&id.to_hex());
-        key
+        record_key(&self.prefix, id)
     }
 
     fn connection(&self) -> &Connection {
@@ -363,7 +362,7 @@ impl IdempotencyStore for RedisStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let token = new_token()?;
+        let token = FencingToken::random();
         let key = self.key(id);
         let mut set = redis::cmd("SET");
         set.arg(&key)
@@ -453,20 +452,15 @@ fn existing(reply: Value, token: FencingToken, command: &str) -> Result<Claim, S
     }
 }
 
-/// A random non-zero token.
-fn new_token() -> Result<FencingToken, StoreError> {
-    loop {
-        let value = getrandom::u64().map_err(|e| {
-            StoreError::new(
-                StoreErrorKind::Backend,
-                "the operating system's random number generator failed",
-            )
-            .with_source(e)
-        })?;
-        if value != 0 {
-            return Ok(FencingToken::new(value));
-        }
+/// `prefix` and the id in lower-case hex, written straight into one string.
+fn record_key(prefix: &str, id: &RecordId) -> String {
+    let mut key = String::with_capacity(prefix.len() + RecordId::LEN * 2);
+    key.push_str(prefix);
+    for byte in id.as_bytes() {
+        key.push(char::from(HEX[usize::from(byte >> 4)]));
+        key.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
+    key
 }
 
 /// Whole milliseconds, at least one (Redis rejects `PX 0`), at most [`MAX_MILLIS`].
@@ -500,10 +494,8 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_non_zero_and_vary() {
-        let a = new_token().unwrap();
-        let b = new_token().unwrap();
-        assert_ne!(a.get(), 0);
-        assert_ne!(a, b);
+    fn record_keys_are_prefix_and_hex_id() {
+        let id = RecordId::from_bytes(std::array::from_fn(|i| u8::try_from(i * 9).unwrap()));
+        assert_eq!(record_key("p:", &id), format!("p:{}", id.to_hex()));
     }
 }

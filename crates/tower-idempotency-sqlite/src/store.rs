@@ -289,22 +289,10 @@ fn fenced<'q>(sql: &'q str, id: &'q RecordId, token: FencingToken) -> Query<'q> 
         .bind(token.get().cast_signed())
 }
 
-/// A fencing token: random, never 0 (the token of records written in transactional mode).
-fn new_token() -> Result<i64, StoreError> {
-    loop {
-        let token = getrandom::u64()
-            .map_err(|e| {
-                StoreError::new(
-                    StoreErrorKind::Backend,
-                    "the operating system's random generator failed",
-                )
-                .with_source(e)
-            })?
-            .cast_signed();
-        if token != 0 {
-            return Ok(token);
-        }
-    }
+/// A fresh fencing token as the table keeps it: never 0, the token of records written in
+/// transactional mode.
+fn new_token() -> i64 {
+    FencingToken::random().get().cast_signed()
 }
 
 impl IdempotencyStore for SqliteStore {
@@ -318,7 +306,7 @@ impl IdempotencyStore for SqliteStore {
             if let Some(claim) = self.find(id).await? {
                 return Ok(claim);
             }
-            let token = new_token()?;
+            let token = new_token();
             if self.acquire(id, fingerprint, token, lease).await? {
                 return Ok(Claim::Acquired(FencingToken::new(token.cast_unsigned())));
             }

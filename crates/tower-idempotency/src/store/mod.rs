@@ -39,6 +39,7 @@
 
 mod dyn_store;
 mod error;
+mod token;
 pub mod memory;
 
 use std::{fmt, future::Future, time::Duration};
@@ -48,6 +49,7 @@ use sha2::{Digest, Sha256};
 
 pub use self::dyn_store::BoxStore;
 pub use self::error::{StoreError, StoreErrorKind};
+pub use self::token::FencingToken;
 use crate::{Fingerprint, IdempotencyKey};
 
 /// Room a capacity-limited store reserves with every claim (see guarantee 7 above): enough
@@ -110,28 +112,6 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 impl fmt::Debug for RecordId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "RecordId({})", &self.to_hex()[..16])
-    }
-}
-
-/// Proof of ownership of an in-flight record, handed out by [`Claim::Acquired`].
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FencingToken(u64);
-
-impl FencingToken {
-    /// Wraps a store-chosen value. Stores must never hand the same value out twice for one id.
-    pub const fn new(value: u64) -> Self {
-        Self(value)
-    }
-
-    /// The raw value, for stores.
-    pub const fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Debug for FencingToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FencingToken({:#x})", self.0)
     }
 }
 
