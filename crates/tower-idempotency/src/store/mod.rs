@@ -39,8 +39,8 @@
 
 mod dyn_store;
 mod error;
-mod token;
 pub mod memory;
+mod token;
 
 use std::{fmt, future::Future, time::Duration};
 
