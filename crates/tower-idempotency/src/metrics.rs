@@ -7,7 +7,9 @@
 //! - `idempotency_lease_lost_total`: running handlers whose claim was lost (renewal refused,
 //!   or no renewal succeeded for a whole lease): another request may run the key meanwhile.
 
-use std::{future::Future, time::Instant};
+use std::future::Future;
+
+use tokio::time::Instant;
 
 /// Name of the per-outcome counter.
 pub const REQUESTS_TOTAL: &str = "idempotency_requests_total";
@@ -115,8 +117,22 @@ pub(crate) async fn timed<T, E>(
     operation: StoreCall,
     call: impl Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
-    let started = Instant::now();
+    timed_from(operation, Instant::now(), call).await.0
+}
+
+/// As [`timed`], for a call sent at `sent`, a clock reading the caller needs too; returns the
+/// moment the call answered as well (reading the clock is a tenth of a store call's cost in
+/// memory, so a request shares its readings).
+pub(crate) async fn timed_from<T, E>(
+    operation: StoreCall,
+    sent: Instant,
+    call: impl Future<Output = Result<T, E>>,
+) -> (Result<T, E>, Instant) {
     let result = call.await;
-    operation.record(started.elapsed().as_secs_f64(), result.is_err());
-    result
+    let answered = Instant::now();
+    operation.record(
+        answered.saturating_duration_since(sent).as_secs_f64(),
+        result.is_err(),
+    );
+    (result, answered)
 }

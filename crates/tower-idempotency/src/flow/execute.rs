@@ -35,7 +35,7 @@ use crate::{
     store::{FencingToken, IdempotencyStore, RecordId},
 };
 
-/// The lease of a claim sent at `sent`. A claim that came back late (a slow store, a long
+/// The lease of a claim sent at `sent` that answered at `answered`. A claim that came back late (a slow store, a long
 /// queue) may have little of its lease left: it is renewed before the handler starts, and if
 /// that fails nothing runs (`None`; the key is released where that is still possible).
 pub(super) async fn fresh_lease<St: IdempotencyStore>(
@@ -43,9 +43,10 @@ pub(super) async fn fresh_lease<St: IdempotencyStore>(
     id: &RecordId,
     token: FencingToken,
     sent: Instant,
+    answered: Instant,
 ) -> Option<Lease> {
     let lease = Lease::starting_at(sent, config.lease);
-    let left = lease.held_until().saturating_duration_since(Instant::now());
+    let left = lease.held_until().saturating_duration_since(answered);
     if left >= config.lease / 2 {
         return Some(lease);
     }

@@ -50,7 +50,7 @@ use crate::{
     Fingerprint,
     body::{RequestBody, ResponseBody},
     layer::{Config, StoreFailurePolicy},
-    metrics::{Outcome, StoreCall, record_outcome, timed},
+    metrics::{Outcome, StoreCall, record_outcome, timed_from},
     problem::ProblemKind,
     service::Keyed,
     store::{Claim, IdempotencyStore, RecordId, StoreErrorKind},
@@ -96,16 +96,19 @@ where
             // The store starts the lease when it writes the claim, after this: timing it from
             // here never overestimates what is left.
             let sent = Instant::now();
-            match timed(
+            let (claimed, answered) = timed_from(
                 StoreCall::Claim,
+                sent,
                 ClaimToAnswer::new(&config, id, fingerprint),
             )
-            .await
-            {
+            .await;
+            match claimed {
                 Ok(Claim::Acquired(token)) => {
                     tracing::debug!("claimed; executing");
                     let not_started = NotStarted::new(&config, id, token);
-                    let Some(lease) = execute::fresh_lease(&config, &id, token, sent).await else {
+                    let Some(lease) =
+                        execute::fresh_lease(&config, &id, token, sent, answered).await
+                    else {
                         not_started.disarm(); // released already
                         return Ok(reject(&config, ProblemKind::StoreUnavailable));
                     };
