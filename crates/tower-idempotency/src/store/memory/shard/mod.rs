@@ -5,10 +5,17 @@
 //! [`ByteBudget`] and mirrored in the shard's own count, so that what a shard's records hold
 //! is known wherever they are evicted from.
 
+#[cfg(test)]
+mod books;
+mod item;
+
 use std::{cmp::Reverse, collections::BinaryHeap};
 
 use bytes::Bytes;
 use hashbrown::HashTable;
+
+use self::item::Deadlines;
+pub(super) use self::item::Item;
 
 use super::{
     CLAIM_CHARGE, RECLAIM_BATCH, RECORD_OVERHEAD,
@@ -19,33 +26,6 @@ use crate::{
     Fingerprint,
     store::{Claim, CompletedRecord, FencingToken, RecordId, StoreError},
 };
-
-/// A min-heap of `(deadline, slot)`.
-type Deadlines = BinaryHeap<Reverse<Item>>;
-
-/// A deadline-heap item: `(deadline, slot)` in 12 bytes (a `(u64, u32)` takes 16), ordered
-/// as that pair is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(super) struct Item {
-    deadline_high: u32,
-    deadline_low: u32,
-    slot: u32,
-}
-
-impl Item {
-    pub(super) fn new(deadline: u64, slot: u32) -> Reverse<Self> {
-        Reverse(Self {
-            deadline_high: (deadline >> 32) as u32,
-            deadline_low: deadline as u32,
-            slot,
-        })
-    }
-
-    pub(super) fn get(self) -> (u64, u32) {
-        let deadline = u64::from(self.deadline_high) << 32 | u64::from(self.deadline_low);
-        (deadline, self.slot)
-    }
-}
 
 /// Stale lease items tolerated beyond twice the claims in flight before the lease heap is
 /// rebuilt without them.
@@ -395,88 +375,6 @@ impl Shard {
             self.remove_slot(slot, budget);
         }
         current
-    }
-
-    /// Items in the lease heap, current or stale.
-    #[cfg(test)]
-    pub(super) fn lease_items(&self) -> usize {
-        self.leases.len()
-    }
-
-    /// Slots allocated, free or not.
-    #[cfg(test)]
-    pub(super) fn slots(&self) -> usize {
-        self.slab.slots()
-    }
-
-    /// The slot of the record of `id`, if any.
-    #[cfg(test)]
-    pub(super) fn slot_of(&self, id: &RecordId) -> Option<u32> {
-        self.lookup(id)
-    }
-
-    /// Checks the shard's books: the index holds exactly the slots in use, each under its own
-    /// id; the free list the others; its byte count is what its records cost and its count of
-    /// claims in flight is theirs; every record has a current heap item, and the lease heap
-    /// keeps within its bound of stale items.
-    #[cfg(test)]
-    pub(super) fn check_books(&self) {
-        use std::collections::HashSet;
-
-        self.slab.check_books();
-        let leases: HashSet<_> = self.leases.iter().map(|Reverse(item)| item.get()).collect();
-        let ttls: HashSet<_> = self.ttls.iter().map(|Reverse(item)| item.get()).collect();
-        let slots = self.slab.slots();
-        for &(_, slot) in leases.iter().chain(&ttls) {
-            assert!(
-                (slot as usize) < slots,
-                "heap item for slot {slot} out of range"
-            );
-        }
-        let (mut live, mut in_flight, mut bytes) = (0, 0, 0);
-        for (slot, record) in self.slab.iter() {
-            let heap = match record.state() {
-                State::Free => continue,
-                State::InFlight { .. } => {
-                    in_flight += 1;
-                    &leases
-                }
-                State::Completed { .. } => &ttls,
-            };
-            live += 1;
-            bytes += cost(record);
-            assert_eq!(
-                self.lookup(&record.id),
-                Some(slot),
-                "slot {slot} ({:?}) is not indexed under its id",
-                record.id
-            );
-            assert!(
-                heap.contains(&(record.deadline, slot)),
-                "{:?} in slot {slot} has no current heap item",
-                record.id
-            );
-        }
-        for &slot in &self.index {
-            assert!(
-                (slot as usize) < slots,
-                "index holds slot {slot}, out of range"
-            );
-            assert!(
-                !self.slab.get(slot).is_free(),
-                "index holds free slot {slot}"
-            );
-        }
-        assert_eq!(self.index.len(), live, "index entries");
-        assert_eq!(self.in_flight, in_flight, "claims in flight");
-        assert_eq!(self.bytes, bytes, "shard bytes");
-        assert!(live <= self.max_entries, "shard entries");
-        assert!(
-            self.leases.len() <= 2 * self.in_flight + LEASE_SLACK,
-            "{} lease items for {} claims in flight",
-            self.leases.len(),
-            self.in_flight
-        );
     }
 }
 
