@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::{net::TcpStream, sync::Barrier, task::JoinSet};
 
-use crate::app::USER_HEADER;
+use crate::{app::USER_HEADER, config::Config};
 
 /// The payload of every request: a small JSON document, like a real create call.
 const BODY: &[u8] = br#"{"name":"web","image":"registry.example/web:1.4.2","replicas":3}"#;
@@ -50,10 +50,19 @@ pub enum Scenario {
     #[value(name = "same-key-64")]
     #[serde(rename = "same-key-64")]
     SameKey64,
+    /// POST without an Idempotency-Key: the layer must pass it through, the handler runs
+    /// every time.
+    NoKey,
 }
 
 impl Scenario {
-    pub const ALL: [Self; 4] = [Self::Unique, Self::Replay, Self::Retry50, Self::SameKey64];
+    pub const ALL: [Self; 5] = [
+        Self::Unique,
+        Self::Replay,
+        Self::Retry50,
+        Self::SameKey64,
+        Self::NoKey,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -61,6 +70,16 @@ impl Scenario {
             Self::Replay => "replay",
             Self::Retry50 => "retry50",
             Self::SameKey64 => "same-key-64",
+            Self::NoKey => "no-key",
+        }
+    }
+
+    /// Whether `run` measures this scenario against `config`: `no-key` only where there is no
+    /// database, so that it adds little to a full run.
+    pub fn runs_for(self, config: Config) -> bool {
+        match self {
+            Self::NoKey => !(config.needs_postgres() || config.needs_sqlite()),
+            Self::Unique | Self::Replay | Self::Retry50 | Self::SameKey64 => true,
         }
     }
 }
@@ -171,13 +190,20 @@ impl Client {
         Ok(response.into_body())
     }
 
-    /// One keyed `POST /api/deployments`, timed from before the send to the last body byte.
-    async fn post(&mut self, identity: &Identity, key: &str) -> Result<Reply, hyper::Error> {
+    /// One `POST /api/deployments`, with `key` as its `idempotency-key` if any, timed from
+    /// before the send to the last body byte.
+    async fn post(
+        &mut self,
+        identity: &Identity,
+        key: Option<&str>,
+    ) -> Result<Reply, hyper::Error> {
         let mut request = Request::post("/api/deployments")
             .header(header::HOST, "127.0.0.1")
             .header(header::CONTENT_TYPE, "application/json")
-            .header("idempotency-key", key)
             .header(USER_HEADER, identity.user.clone());
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
         if let Some(cookie) = &identity.cookie {
             request = request.header(header::COOKIE, cookie.clone());
         }
@@ -215,7 +241,7 @@ pub struct Tally {
     /// Connection-level failures.
     pub transport_errors: u64,
     /// Keys sent for the first time that were answered 2xx: each must have run the handler
-    /// exactly once.
+    /// exactly once (none in `no-key`, which sends no keys).
     pub new_keys: u64,
 }
 
@@ -296,20 +322,22 @@ async fn drive(
         let reuse = match scenario {
             Scenario::Replay => true,
             Scenario::Retry50 => rng.next() & 1 == 0 && !completed.is_empty(),
-            Scenario::Unique | Scenario::SameKey64 => false,
+            Scenario::Unique | Scenario::SameKey64 | Scenario::NoKey => false,
         };
-        let key = if scenario == Scenario::Replay {
-            format!("replay-{tag}")
+        let key = if scenario == Scenario::NoKey {
+            None
+        } else if scenario == Scenario::Replay {
+            Some(format!("replay-{tag}"))
         } else if reuse {
-            completed[rng.next() as usize % completed.len()].clone()
+            Some(completed[rng.next() as usize % completed.len()].clone())
         } else {
             sequence += 1;
-            format!("{tag}-c{connection}-{sequence}")
+            Some(format!("{tag}-c{connection}-{sequence}"))
         };
-        match client.post(&identity, &key).await {
+        match client.post(&identity, key.as_deref()).await {
             Ok(reply) => {
                 tally.record(&reply);
-                if !reuse && reply.status.is_success() {
+                if let Some(key) = key.filter(|_| !reuse && reply.status.is_success()) {
                     tally.new_keys += 1;
                     if scenario == Scenario::Retry50 {
                         if completed.len() < RETRY_WINDOW {
@@ -341,7 +369,7 @@ async fn identities(
 ) -> anyhow::Result<Vec<Identity>> {
     let mut client = Client::connect(addr).await?;
     match scenario {
-        Scenario::Unique | Scenario::Retry50 => {
+        Scenario::Unique | Scenario::Retry50 | Scenario::NoKey => {
             let mut all = Vec::with_capacity(connections);
             for n in 0..connections {
                 all.push(client.identify(&format!("user-{n}")).await?);
@@ -396,6 +424,59 @@ pub struct Outcome {
     pub executions: u64,
     /// same-key-64: handler executions per round (one key per round).
     pub executions_per_key: Vec<u64>,
+    /// The server's CPU time during the measured phase, where its pid was given (not in
+    /// same-key-64).
+    pub server_cpu: Option<CpuTicks>,
+}
+
+/// A process's CPU time, in clock ticks, from `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTicks {
+    /// `utime`: in user mode.
+    pub user: u64,
+    /// `stime`: in the kernel.
+    pub system: u64,
+}
+
+impl CpuTicks {
+    /// `/proc` counts in USER_HZ ticks, which is 100 per second on Linux: 10 ms each.
+    pub const MICROS_PER_TICK: f64 = 10_000.0;
+
+    /// The CPU time of process `pid` so far, all its threads together.
+    pub fn of(pid: u32) -> anyhow::Result<Self> {
+        let path = format!("/proc/{pid}/stat");
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        Self::parse(&stat).with_context(|| format!("parsing {path}"))
+    }
+
+    /// Parses a `/proc/<pid>/stat` line: fields 14 (`utime`) and 15 (`stime`), counted after
+    /// the last `)`, since the command name (field 2) may hold spaces and parentheses.
+    fn parse(stat: &str) -> anyhow::Result<Self> {
+        let (_, rest) = stat
+            .rsplit_once(')')
+            .context("no `)` closing the command name")?;
+        // `rest` starts at field 3 (the state).
+        let mut fields = rest.split_whitespace().skip(14 - 3);
+        let mut next = |name: &str| -> anyhow::Result<u64> {
+            fields
+                .next()
+                .with_context(|| format!("no {name} field"))?
+                .parse()
+                .with_context(|| format!("{name} is not a number"))
+        };
+        Ok(Self {
+            user: next("utime")?,
+            system: next("stime")?,
+        })
+    }
+
+    /// The time spent since `earlier`.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
 }
 
 /// Settings of one scenario run.
@@ -408,9 +489,11 @@ pub struct Plan {
     pub rounds: usize,
 }
 
-/// Runs `scenario` against the server at `addr`; `tag` makes its keys unique.
+/// Runs `scenario` against the server at `addr`; `tag` makes its keys unique. With the
+/// server's `pid`, its CPU time over the measured phase is part of the outcome.
 pub async fn run(
     addr: SocketAddr,
+    pid: Option<u32>,
     scenario: Scenario,
     plan: Plan,
     tag: &str,
@@ -423,7 +506,8 @@ pub async fn run(
     if scenario == Scenario::Replay {
         // Store the response once; everything after replays it.
         let mut first = Client::connect(addr).await?;
-        let reply = first.post(&identities[0], &format!("replay-{tag}")).await?;
+        let key = format!("replay-{tag}");
+        let reply = first.post(&identities[0], Some(&key)).await?;
         if !reply.status.is_success() {
             bail!(
                 "the first request of the replay scenario answered {}",
@@ -435,13 +519,19 @@ pub async fn run(
         timed_phase(addr, scenario, &identities, plan.warmup, &format!("{tag}w")).await?;
     }
     control.reset().await?;
+    let cpu_before = pid.map(CpuTicks::of).transpose()?;
     let (tally, elapsed) = timed_phase(addr, scenario, &identities, plan.duration, tag).await?;
+    let server_cpu = match (pid, cpu_before) {
+        (Some(pid), Some(before)) => Some(CpuTicks::of(pid)?.since(before)),
+        _ => None,
+    };
     let executions = control.executions().await?;
     Ok(Outcome {
         tally,
         elapsed,
         executions,
         executions_per_key: Vec::new(),
+        server_cpu,
     })
 }
 
@@ -471,7 +561,7 @@ async fn same_key(
                 (identity.clone(), Arc::clone(&key), Arc::clone(&barrier));
             tasks.spawn(async move {
                 barrier.wait().await;
-                let reply = client.post(&identity, &key).await;
+                let reply = client.post(&identity, Some(&key)).await;
                 (client, reply)
             });
         }
@@ -498,5 +588,39 @@ async fn same_key(
         elapsed: start.elapsed(),
         executions: per_key.iter().sum(),
         executions_per_key: per_key,
+        server_cpu: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CpuTicks;
+
+    #[test]
+    fn parses_proc_stat_with_a_command_name_holding_spaces_and_parentheses() {
+        // Fields 14 and 15 are 1234 and 567; the name `a b) (c` would break a split on spaces
+        // or on the first `)`.
+        let stat = "4242 (a b) (c) S 1 4242 4242 0 -1 4194560 1500 0 3 0 1234 567 0 0 20 0 3 0 \
+                    98765 123456789 2048 18446744073709551615 1 1 0 0 0 0 0 4096 17663 0 0 0 17 \
+                    1 0 0 0 0 0\n";
+        assert_eq!(
+            CpuTicks::parse(stat).unwrap(),
+            CpuTicks {
+                user: 1234,
+                system: 567
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_a_truncated_stat_line() {
+        assert!(CpuTicks::parse("4242 (x) S 1 2 3").is_err());
+        assert!(CpuTicks::parse("").is_err());
+    }
+
+    #[test]
+    fn reads_its_own_process() {
+        let ticks = CpuTicks::of(std::process::id()).unwrap();
+        assert_eq!(ticks.since(ticks), CpuTicks { user: 0, system: 0 });
+    }
 }

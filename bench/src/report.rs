@@ -19,6 +19,14 @@ use crate::{
     },
 };
 
+/// The scenarios measured as a throughput (same-key-64 is a fixed number of requests).
+const TIMED: [Scenario; 4] = [
+    Scenario::Unique,
+    Scenario::Replay,
+    Scenario::Retry50,
+    Scenario::NoKey,
+];
+
 /// Medians over rounds and sums of counts, for one configuration in one scenario.
 struct Summary<'a> {
     config: Config,
@@ -37,6 +45,9 @@ impl Summary<'_> {
     fn failures(&self) -> Vec<String> {
         let mut all = self.rounds[0].clone();
         for m in &self.rounds[1..] {
+            all.ok += m.ok;
+            all.replayed += m.replayed;
+            all.conflict += m.conflict;
             all.other_status += m.other_status;
             all.transport_errors += m.transport_errors;
             all.executions += m.executions;
@@ -232,10 +243,11 @@ fn markdown_text(
         md,
         "![Requests per second per configuration and scenario]({svg_name})\n"
     );
-    for scenario in [Scenario::Unique, Scenario::Replay, Scenario::Retry50] {
+    for scenario in TIMED {
         timed_table(&mut md, load, scenario);
     }
     ours_vs_peers(&mut md, load);
+    server_cpu(&mut md, load);
     same_key_table(&mut md, load);
     correctness(&mut md, load);
     if let Some(ceiling) = ceiling {
@@ -292,7 +304,10 @@ fn method(md: &mut String, load: &LoadResults, instructions: bool) {
          key stored once, every request replays it. `retry50`: half the requests retry a key the \
          same connection already completed (replay), half are new. `same-key-64`: {} requests \
          with one fresh key sent at once over {} connections, {} keys per run; the handler \
-         sleeps {} ms here so the requests overlap as they would with a database write.",
+         sleeps {} ms here so the requests overlap as they would with a database write. \
+         `no-key`: the `unique` requests without an `Idempotency-Key`, which the layer must \
+         pass through to the handler every time; measured only for the configurations without \
+         a database.",
         SAME_KEY_CONCURRENCY, SAME_KEY_CONCURRENCY, s.same_key_rounds, s.same_key_work_ms
     );
     let _ = writeln!(
@@ -300,7 +315,9 @@ fn method(md: &mut String, load: &LoadResults, instructions: bool) {
         "- **Correctness**: the server counts handler executions (`GET /stats`). Every new key \
          that got a 2xx must have run the handler exactly once, a replayed key never again, and \
          in `same-key-64` each key exactly once; any answer other than 2xx or 409 is a failure. \
-         The baseline has no layer, so only its status codes are checked."
+         The baseline has no layer, so only its status codes are checked, except in `no-key`, \
+         where every configuration, the baseline included, must have run the handler once per \
+         2xx answer (no replays) and answered no 409."
     );
     let _ = writeln!(
         md,
@@ -344,7 +361,13 @@ fn timed_table(md: &mut String, load: &LoadResults, scenario: Scenario) {
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in &rows {
         let requests = r.sum(|m| m.requests).max(1);
-        let runs = if r.config.deduplicates() {
+        let runs = if scenario == Scenario::NoKey {
+            format!(
+                "{} / {} 2xx (no keys)",
+                thousands(r.sum(|m| m.executions) as f64),
+                thousands(r.sum(|m| m.ok) as f64)
+            )
+        } else if r.config.deduplicates() {
             format!(
                 "{} / {}",
                 thousands(r.sum(|m| m.executions) as f64),
@@ -396,8 +419,11 @@ fn ours_vs_peers(md: &mut String, load: &LoadResults) {
         rule.push_str("---:|---:|");
     }
     let _ = writeln!(md, "{header}\n{rule}");
-    for scenario in [Scenario::Unique, Scenario::Replay, Scenario::Retry50] {
+    for scenario in TIMED {
         let rows = summarize(load, scenario);
+        if rows.is_empty() {
+            continue;
+        }
         let get = |c: Config| rows.iter().find(|r| r.config == c);
         let mut line = format!("| `{scenario}` |");
         for (ours, peer) in pairs {
@@ -414,6 +440,71 @@ fn ours_vs_peers(md: &mut String, load: &LoadResults) {
             }
         }
         let _ = writeln!(md, "{line}");
+    }
+    let _ = writeln!(md);
+}
+
+/// The median over the rounds that measured it; `None` where none did.
+fn median_of(rounds: &[&Measurement], f: impl Fn(&Measurement) -> Option<f64>) -> Option<f64> {
+    let values: Vec<f64> = rounds.iter().filter_map(|m| f(m)).collect();
+    (!values.is_empty()).then(|| median(values))
+}
+
+fn micros(us: Option<f64>) -> String {
+    us.map_or_else(|| "–".to_owned(), |v| format!("{v:.1}"))
+}
+
+fn server_cpu(md: &mut String, load: &LoadResults) {
+    let scenarios: Vec<(Scenario, Vec<Summary<'_>>)> = TIMED
+        .into_iter()
+        .map(|s| (s, summarize(load, s)))
+        .filter(|(_, rows)| {
+            rows.iter()
+                .any(|r| r.rounds.iter().any(|m| m.server_user_us.is_some()))
+        })
+        .collect();
+    if scenarios.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "### Server CPU per request\n");
+    let _ = writeln!(
+        md,
+        "The server process's CPU time over the measured phase (`utime` and `stime` of \
+         `/proc/<pid>/stat`, all its threads, in 10 ms ticks) divided by the requests it \
+         answered; medians over rounds. Kernel time is mostly the loopback TCP to the client \
+         and, where the store is one, to Redis or PostgreSQL (a send also runs the wakeup of \
+         the peer, `sock_def_readable`, on the sender's time), and for SQLite its file I/O \
+         and the hand-offs to sqlx's worker threads; user time is the server's own code: \
+         HTTP, the layer, the store's client and the handler.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | configuration | user µs | kernel µs | total µs | total ÷ baseline |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|");
+    for (scenario, rows) in &scenarios {
+        let total = |r: &Summary<'_>| {
+            median_of(&r.rounds, |m| Some(m.server_user_us? + m.server_kernel_us?))
+        };
+        let baseline = rows
+            .iter()
+            .find(|r| r.config == Config::Baseline)
+            .and_then(total);
+        for r in rows {
+            let all = total(r);
+            let _ = writeln!(
+                md,
+                "| `{scenario}` | {} | {} | {} | {} | {} |",
+                r.config,
+                micros(median_of(&r.rounds, |m| m.server_user_us)),
+                micros(median_of(&r.rounds, |m| m.server_kernel_us)),
+                micros(all),
+                match (all, baseline) {
+                    (Some(a), Some(b)) => ratio(a, b),
+                    _ => "–".to_owned(),
+                }
+            );
+        }
     }
     let _ = writeln!(md);
 }
@@ -595,12 +686,11 @@ fn chart(load: &LoadResults) -> String {
     const GAP: f64 = 5.0;
     const TITLE: f64 = 28.0;
 
-    let groups: Vec<(Scenario, Vec<Summary<'_>>)> =
-        [Scenario::Unique, Scenario::Replay, Scenario::Retry50]
-            .into_iter()
-            .map(|s| (s, summarize(load, s)))
-            .filter(|(_, rows)| !rows.is_empty())
-            .collect();
+    let groups: Vec<(Scenario, Vec<Summary<'_>>)> = TIMED
+        .into_iter()
+        .map(|s| (s, summarize(load, s)))
+        .filter(|(_, rows)| !rows.is_empty())
+        .collect();
     let height = 60.0
         + groups
             .iter()

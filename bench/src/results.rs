@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
     config::Config,
-    load::{Outcome, Scenario},
+    load::{CpuTicks, Outcome, Scenario},
 };
 
 /// One scenario against one configuration in one round.
@@ -30,6 +30,13 @@ pub struct Measurement {
     pub new_keys: u64,
     pub executions: u64,
     pub executions_per_key: Vec<u64>,
+    /// The server's user-mode CPU time per request over the measured phase, in µs (`None` in
+    /// same-key-64 and in results from before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_user_us: Option<f64>,
+    /// The server's kernel CPU time per request over the measured phase, in µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_kernel_us: Option<f64>,
     /// Why the scenario could not run (the server did not start, or the load failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -39,6 +46,11 @@ impl Measurement {
     pub fn new(config: Config, scenario: Scenario, round: usize, outcome: &Outcome) -> Self {
         let tally = &outcome.tally;
         let seconds = outcome.elapsed.as_secs_f64();
+        let per_request = |ticks: u64| {
+            (tally.requests() > 0)
+                .then(|| ticks as f64 * CpuTicks::MICROS_PER_TICK / tally.requests() as f64)
+        };
+        let cpu = outcome.server_cpu;
         Self {
             config,
             scenario,
@@ -56,6 +68,8 @@ impl Measurement {
             new_keys: tally.new_keys,
             executions: outcome.executions,
             executions_per_key: outcome.executions_per_key.clone(),
+            server_user_us: cpu.and_then(|c| per_request(c.user)),
+            server_kernel_us: cpu.and_then(|c| per_request(c.system)),
             error: None,
         }
     }
@@ -79,12 +93,15 @@ impl Measurement {
             new_keys: 0,
             executions: 0,
             executions_per_key: Vec::new(),
+            server_user_us: None,
+            server_kernel_us: None,
             error: Some(format!("{error:#}")),
         }
     }
 
     /// Correctness failures: answers other than 2xx or 409, and, for a deduplicating layer,
-    /// any key whose handler did not run exactly once.
+    /// any key whose handler did not run exactly once. In `no-key`, for every configuration
+    /// (the baseline too): a 409, or a 2xx without its own handler run.
     pub fn failures(&self) -> Vec<String> {
         if let Some(error) = &self.error {
             return vec![format!("did not run: {error}")];
@@ -95,6 +112,21 @@ impl Measurement {
         }
         if self.transport_errors > 0 {
             failures.push(format!("{} connection errors", self.transport_errors));
+        }
+        if self.scenario == Scenario::NoKey {
+            if self.conflict > 0 {
+                failures.push(format!(
+                    "{} answers 409 to requests without a key",
+                    self.conflict
+                ));
+            }
+            if self.executions != self.ok {
+                failures.push(format!(
+                    "the handler ran {} times for {} 2xx answers without a key ({} marked replayed)",
+                    self.executions, self.ok, self.replayed
+                ));
+            }
+            return failures;
         }
         if !self.config.deduplicates() {
             return failures;

@@ -139,7 +139,13 @@ async fn measure(
 ) -> anyhow::Result<Measurement> {
     let server = Server::start(config, options, work).await?;
     let tag = format!("{}r{round}", server.backends.namespace);
-    let outcome = load::run(server.addr, scenario, plan, &tag).await;
+    // The pid the server was spawned with: `None` only once it has been reaped.
+    let pid = server.child.id();
+    if pid.is_none() && scenario != Scenario::SameKey64 {
+        server.stop().await?;
+        bail!("the {config} server exited before the {scenario} load");
+    }
+    let outcome = load::run(server.addr, pid, scenario, plan, &tag).await;
     server.stop().await?;
     let outcome = outcome.with_context(|| format!("{scenario} against {config}"))?;
     Ok(Measurement::new(config, scenario, round + 1, &outcome))
@@ -180,7 +186,7 @@ async fn run_all(options: &RunOptions) -> anyhow::Result<LoadResults> {
             let mut order = options.configs.clone();
             let shift = round % order.len().max(1);
             order.rotate_left(shift);
-            for config in order {
+            for config in order.into_iter().filter(|&c| scenario.runs_for(c)) {
                 let work = if scenario == Scenario::SameKey64 {
                     options.same_key_work
                 } else {

@@ -45,6 +45,12 @@ pub(super) fn section(md: &mut String, load: &LoadResults, memory: Option<&Memor
             0.97,
         ),
         (
+            // Indistinguishable from no layer within the run-to-run spread.
+            "memory store, requests without a key ÷ no layer",
+            ratio(rps(ours, Scenario::NoKey), rps(base, Scenario::NoKey)),
+            0.97,
+        ),
+        (
             "Redis, replays ÷ `idempotent` Redis",
             ratio(
                 rps(Config::OursRedis, Scenario::Replay),
