@@ -83,19 +83,22 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<Oneshot<S, Request<RequestBody<ReqBody>>>, ResBody, S::Error>;
 
+    /// Always ready: the inner service is readied on a clone only once a request is to run,
+    /// so replays and 409s never wait behind a limit placed below the layer.
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let inner = self.inner.clone();
+        // A clone of the inner service per request that reaches it (readied there, see
+        // `poll_ready`); none for a refusal.
         match classify(&self.config, req) {
-            Route::Untouched(req) | Route::Unkeyed(req) => {
-                ResponseFuture::passthrough(Oneshot::new(inner, req.map(RequestBody::streaming)))
-            }
+            Route::Untouched(req) | Route::Unkeyed(req) => ResponseFuture::passthrough(
+                Oneshot::new(self.inner.clone(), req.map(RequestBody::streaming)),
+            ),
             Route::Refused(kind) => ResponseFuture::ready(flow::reject(&self.config, kind)),
             Route::Keyed(keyed) => {
-                let flow = flow::run(Arc::clone(&self.config), inner, keyed);
+                let flow = flow::run(Arc::clone(&self.config), self.inner.clone(), keyed);
                 ResponseFuture::flow(Box::pin(flow.instrument(flow::span())))
             }
         }
