@@ -194,8 +194,6 @@ use self::{
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "idempotency:";
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// Largest lease or TTL sent to Redis (about 35,000 years), well inside what `PX` accepts.
 const MAX_MILLIS: u64 = 1 << 50;
 
@@ -452,14 +450,11 @@ fn existing(reply: Value, token: FencingToken, command: &str) -> Result<Claim, S
     }
 }
 
-/// `prefix` and the id in lower-case hex, written straight into one string.
+/// `prefix` and the id in lower-case hex, in one string.
 fn record_key(prefix: &str, id: &RecordId) -> String {
     let mut key = String::with_capacity(prefix.len() + RecordId::LEN * 2);
     key.push_str(prefix);
-    for byte in id.as_bytes() {
-        key.push(char::from(HEX[usize::from(byte >> 4)]));
-        key.push(char::from(HEX[usize::from(byte & 0xf)]));
-    }
+    id.push_hex(&mut key);
     key
 }
 

@@ -99,11 +99,17 @@ impl RecordId {
     /// Lower-case hex, for stores that key by text (64 characters).
     pub fn to_hex(&self) -> String {
         let mut out = String::with_capacity(Self::LEN * 2);
+        self.push_hex(&mut out);
+        out
+    }
+
+    /// Appends the lower-case hex of [`to_hex`](Self::to_hex) to `out`, for a store that
+    /// builds a key around it without a second string.
+    pub fn push_hex(&self, out: &mut String) {
         for b in self.0 {
             out.push(char::from(HEX[usize::from(b >> 4)]));
             out.push(char::from(HEX[usize::from(b & 0xf)]));
         }
-        out
     }
 }
 
